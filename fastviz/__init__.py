@@ -1,0 +1,27 @@
+"""fastviz: fast occlusion and saliency maps for PyTorch CNNs.
+
+Which pixels of this frame drove this output? ``fastviz`` answers with saliency maps
+(occlusion, VisualBackProp, Grad-CAM, ...) computed in large batches on the model's device.
+
+>>> import fastviz as fv
+>>> model = fv.models.load("pilotnet-carracing")
+>>> log = fv.data.load_drive_log()
+>>> x = model.preprocess(log.frames[:4])          # (4, 3, 66, 200) float32
+>>> maps = fv.occlusion(model, x)                 # (4, 66, 200) float32
+"""
+
+from . import data, models, targets
+from .methods import explain, grad_cam, methods, occlusion, visual_backprop
+
+__all__ = [
+    "data",
+    "explain",
+    "grad_cam",
+    "methods",
+    "models",
+    "occlusion",
+    "targets",
+    "visual_backprop",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,27 @@
+"""Exceptions raised by fastviz for bad input.
+
+Every error that a user can cause with their input (a file, a shape, a name) derives from
+:class:`FastvizError`, so the command line can report it as one readable line. They also derive
+from the built-in class a Python user would expect (``ValueError``, ``FileNotFoundError``,
+``LookupError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "UnknownNameError"]
+
+
+class FastvizError(Exception):
+    """Base class of the errors fastviz raises for bad input."""
+
+
+class InputError(FastvizError, ValueError):
+    """An input has the wrong shape, dtype, value or content (a corrupt file, say)."""
+
+
+class InputFileNotFoundError(FastvizError, FileNotFoundError):
+    """An input file or folder does not exist."""
+
+
+class UnknownNameError(FastvizError, LookupError):
+    """A model, method or layer name that fastviz does not know."""
