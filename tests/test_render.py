@@ -1,0 +1,290 @@
+"""fastviz.render: values of normalisation, placement, blending and layouts."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fastviz import render
+from fastviz.errors import FastvizError, InputError, UnknownNameError
+
+
+@pytest.fixture
+def frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+def test_normalize_min_max_hand_computed():
+    m = np.array([[1.0, 2.0], [3.0, 5.0]])
+    out = render.normalize(m)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([[0.0, 0.25], [0.5, 1.0]], np.float32))
+
+
+def test_normalize_is_per_map_and_accepts_torch():
+    m = torch.tensor([[[0.0, 10.0], [5.0, 10.0]], [[-2.0, -1.0], [0.0, 2.0]]])
+    out = render.normalize(m)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 2, 2)
+    np.testing.assert_allclose(out[0], [[0.0, 1.0], [0.5, 1.0]])
+    np.testing.assert_allclose(out[1], [[0.0, 0.25], [0.5, 1.0]])
+
+
+def test_normalize_constant_map_gives_zeros():
+    out = render.normalize(np.full((3, 4), 7.5))
+    np.testing.assert_array_equal(out, np.zeros((3, 4), np.float32))
+    both = render.normalize(np.stack([np.full((2, 2), 3.0), np.array([[0.0, 1.0], [2.0, 4.0]])]))
+    np.testing.assert_array_equal(both[0], np.zeros((2, 2)))
+    np.testing.assert_allclose(both[1], [[0.0, 0.25], [0.5, 1.0]])
+
+
+def test_normalize_percentile_clip():
+    # values 0..100: 10th and 90th percentiles are 10 and 90 exactly (linear interpolation)
+    m = np.arange(101, dtype=np.float32).reshape(1, 101)
+    out = render.normalize(m, clip=(10, 90))
+    assert out[0, 0] == 0.0 and out[0, 10] == 0.0
+    assert out[0, 90] == 1.0 and out[0, 100] == 1.0
+    np.testing.assert_allclose(out[0, 50], 0.5)
+    np.testing.assert_allclose(out[0, 30], 0.25)
+
+
+def test_normalize_signed_keeps_zero_at_half():
+    out = render.normalize(np.array([[-2.0, 0.0], [1.0, 4.0]]), signed=True)
+    np.testing.assert_allclose(out, [[0.25, 0.5], [0.625, 1.0]])
+    np.testing.assert_array_equal(render.normalize(np.zeros((2, 2)), signed=True), np.full((2, 2), 0.5))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(5), "shape"),
+        (np.zeros((1, 1, 2, 2)), "shape"),
+        (np.array([[np.nan, 1.0]]), "NaN"),
+        (np.zeros((0, 3)), "empty"),
+        ([[1.0, 2.0]], "numpy array or torch tensor"),
+    ],
+)
+def test_normalize_rejects_bad_maps(bad, match):
+    with pytest.raises(InputError, match=match):
+        render.normalize(bad)
+
+
+def test_normalize_rejects_bad_clip():
+    with pytest.raises(InputError, match="percentiles"):
+        render.normalize(np.eye(3), clip=(90, 10))
+
+
+# --------------------------------------------------------------------------- resize_to_frame
+
+
+def test_resize_to_frame_places_map_exactly_in_region():
+    m = np.arange(12, dtype=np.float32).reshape(3, 4) + 1.0
+    out = render.resize_to_frame(m, (10, 12, 3), region=(2, 5, 6, 10))
+    assert out.shape == (10, 12) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[2:5, 6:10], m)  # same size: copied exactly
+    outside = out.copy()
+    outside[2:5, 6:10] = 0
+    assert not outside.any()
+
+
+def test_resize_to_frame_resizes_bilinearly_into_region():
+    m = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)
+    out = render.resize_to_frame(m, (9, 8), region=(1, 5, 2, 6))
+    expected = cv2.resize(m, (4, 4), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(out[1:5, 2:6], expected)
+    # 2x bilinear upscaling with half-pixel centres: the corners keep the corner values
+    assert out[1, 2] == 0.0 and out[4, 5] == 3.0
+    mask = np.ones((9, 8), bool)
+    mask[1:5, 2:6] = False
+    assert (out[mask] == 0).all()
+
+
+def test_resize_to_frame_default_region_is_whole_frame():
+    out = render.resize_to_frame(torch.ones(66, 200), (96, 96))
+    np.testing.assert_array_equal(out, np.ones((96, 96), np.float32))
+
+
+@pytest.mark.parametrize("region", [(0, 11, 0, 4), (3, 3, 0, 4), (-1, 4, 0, 4), (0, 4, 2)])
+def test_resize_to_frame_rejects_bad_regions(region):
+    with pytest.raises(InputError, match="region"):
+        render.resize_to_frame(np.ones((2, 2)), (10, 10), region=region)
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def test_heatmap_is_rgb_of_opencv_colormap():
+    m = np.array([[0.0, 0.5, 1.0]], np.float32)
+    out = render.heatmap(m, "jet")
+    assert out.dtype == np.uint8 and out.shape == (1, 3, 3)
+    levels = np.array([[0, 128, 255]], np.uint8)  # rint(0.5 * 255) = 128
+    bgr = cv2.applyColorMap(levels, cv2.COLORMAP_JET)
+    np.testing.assert_array_equal(out, bgr[..., ::-1])
+    # jet: low = blue, high = red (in RGB order)
+    assert out[0, 0, 2] > out[0, 0, 0] and out[0, 2, 0] > out[0, 2, 2]
+
+
+def test_heatmap_accepts_cv2_constant_and_names():
+    m = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    np.testing.assert_array_equal(render.heatmap(m, cv2.COLORMAP_INFERNO), render.heatmap(m, "inferno"))
+    assert "turbo" in render.COLORMAPS and "viridis" in render.COLORMAPS
+
+
+def test_heatmap_unknown_colormap():
+    with pytest.raises(UnknownNameError, match="colormap"):
+        render.heatmap(np.zeros((2, 2)), "nope")
+    with pytest.raises(UnknownNameError):
+        render.heatmap(np.zeros((2, 2)), 999)
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def test_overlay_outside_region_is_untouched(frame):
+    region = (2, 8, 3, 11)
+    out = render.overlay(frame, np.random.default_rng(1).random((5, 7)), region=region, alpha=0.7)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    mask = np.ones(frame.shape[:2], bool)
+    mask[2:8, 3:11] = False
+    np.testing.assert_array_equal(out[mask], frame[mask])
+    assert not np.array_equal(out[2:8, 3:11], frame[2:8, 3:11])
+
+
+def test_overlay_zero_vs_one_hot_differs_only_at_the_hot_pixel(frame):
+    region = (2, 8, 3, 11)  # 6 x 8
+    zero = np.zeros((6, 8), np.float32)
+    hot = zero.copy()
+    hot[4, 5] = 1.0
+    a = render.overlay(frame, zero, region=region)
+    b = render.overlay(frame, hot, region=region)
+    differs = (a != b).any(axis=2)
+    expected = np.zeros(frame.shape[:2], bool)
+    expected[2 + 4, 3 + 5] = True
+    np.testing.assert_array_equal(differs, expected)
+
+
+def test_overlay_blend_values(frame):
+    # zero map -> heatmap colour of level 0 everywhere in the region, blended by addWeighted
+    out = render.overlay(frame, np.zeros((3, 3)), alpha=0.25, colormap="jet")
+    colour = cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET)[0, 0, ::-1]
+    expected = np.clip(np.rint(0.75 * frame.astype(np.float64) + 0.25 * colour), 0, 255)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    np.testing.assert_array_equal(render.overlay(frame, np.zeros((3, 3)), alpha=0.0), frame)
+
+
+def test_overlay_rejects_bad_inputs(frame):
+    with pytest.raises(InputError, match="uint8"):
+        render.overlay(frame.astype(np.float32), np.zeros((3, 3)))
+    with pytest.raises(InputError, match=r"\(H, W, 3\)"):
+        render.overlay(frame[..., :2], np.zeros((3, 3)))
+    with pytest.raises(InputError, match="2-D"):
+        render.overlay(frame, np.zeros((1, 3, 3)))
+    with pytest.raises(InputError, match="alpha"):
+        render.overlay(frame, np.zeros((3, 3)), alpha=1.5)
+
+
+# --------------------------------------------------------------------------- focus
+
+
+def test_focus_sharp_where_map_is_one_blurred_where_zero(frame):
+    m = np.zeros(frame.shape[:2], np.float32)
+    m[3:9, 4:12] = 1.0
+    out = render.focus(frame, m, blur_sigma=2.0)
+    blurred = cv2.GaussianBlur(frame, (0, 0), 2.0)
+    np.testing.assert_array_equal(out[3:9, 4:12], frame[3:9, 4:12])
+    mask = m == 0
+    np.testing.assert_array_equal(out[mask], blurred[mask])
+
+
+def test_focus_outside_region_is_blurred(frame):
+    out = render.focus(frame, np.ones((2, 2)) * 3.0 + np.eye(2), blur_sigma=1.5, region=(0, 6, 0, 16))
+    blurred = cv2.GaussianBlur(frame, (0, 0), 1.5)
+    np.testing.assert_array_equal(out[6:], blurred[6:])
+
+
+def test_focus_half_weight_is_midpoint(frame):
+    m = np.zeros(frame.shape[:2], np.float32)
+    m[0, 0] = 2.0
+    m[5, 5] = 1.0  # normalised to 0.5
+    out = render.focus(frame, m, blur_sigma=2.0)
+    blurred = cv2.GaussianBlur(frame, (0, 0), 2.0).astype(np.float32)
+    expected = np.rint(blurred[5, 5] + 0.5 * (frame[5, 5].astype(np.float32) - blurred[5, 5]))
+    np.testing.assert_array_equal(out[5, 5], expected.astype(np.uint8))
+
+
+def test_focus_rejects_bad_sigma(frame):
+    with pytest.raises(InputError, match="blur_sigma"):
+        render.focus(frame, np.ones((2, 2)), blur_sigma=0)
+
+
+# --------------------------------------------------------------------------- side_by_side / render
+
+
+def test_side_by_side_shape_arithmetic():
+    a = np.zeros((10, 20, 3), np.uint8)
+    b = np.full((20, 10, 3), 255, np.uint8)
+    c = np.full((20, 30, 3), 7, np.uint8)
+    out = render.side_by_side([a, b, c])
+    assert out.shape == (20, 40 + 10 + 30, 3)
+    # a was doubled with nearest neighbour: still all zeros; b and c copied unchanged
+    assert (out[:, :40] == 0).all() and (out[:, 40:50] == 255).all() and (out[:, 50:] == 7).all()
+
+
+def test_side_by_side_labels_draw_text_only_where_asked():
+    panels = [np.zeros((40, 60, 3), np.uint8), np.zeros((40, 60, 3), np.uint8)]
+    out = render.side_by_side(panels, labels=["left", None])
+    assert out[:, :60].any() and not out[:, 60:].any()
+    with pytest.raises(InputError, match="labels"):
+        render.side_by_side(panels, labels=["one"])
+    with pytest.raises(InputError, match="non-empty"):
+        render.side_by_side([])
+
+
+def test_upscale_is_nearest_neighbour(frame):
+    big = render.upscale(frame, 3)
+    assert big.shape == (36, 48, 3)
+    np.testing.assert_array_equal(big[::3, ::3], frame)
+    np.testing.assert_array_equal(big[2::3, 1::3], frame)
+
+
+@pytest.mark.parametrize(
+    "layout, width_factor", [("overlay", 1), ("focus", 1), ("side-by-side", 3)]
+)
+def test_render_layout_shapes(layout, width_factor):
+    frame = np.random.default_rng(2).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    m = torch.rand(66, 200)
+    out = render.render(frame, m, layout, region=(0, 84, 0, 96), scale=2)
+    assert out.dtype == np.uint8 and out.shape == (192, 192 * width_factor, 3)
+
+
+def test_render_overlay_scaled_leaves_dashboard_untouched():
+    frame = np.random.default_rng(3).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    out = render.render(frame, np.random.default_rng(4).random((66, 200)), "overlay", region=(0, 84, 0, 96), scale=2)
+    np.testing.assert_array_equal(out[168:], render.upscale(frame, 2)[168:])
+
+
+def test_render_side_by_side_panels():
+    frame = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    m = np.random.default_rng(6).random((10, 30))
+    out = render.render(frame, m, "side-by-side", region=(0, 10, 0, 30), labels=False)
+    np.testing.assert_array_equal(out[:, :30], frame)
+    np.testing.assert_array_equal(out[:, 30:60], render.overlay(frame, m, region=(0, 10, 0, 30)))
+    assert not out[10:, 60:].any()  # heatmap panel is black outside the region
+    np.testing.assert_array_equal(out[:10, 60:], render.heatmap(render.normalize(m)))
+
+
+def test_render_errors():
+    frame = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(UnknownNameError, match="layout"):
+        render.render(frame, np.zeros((2, 2)), "grid")
+    with pytest.raises(InputError, match="scale"):
+        render.render(frame, np.zeros((2, 2)), scale=0)
+    with pytest.raises(InputError, match="scale"):
+        render.render(frame, np.zeros((2, 2)), scale=1.5)
+    with pytest.raises(FastvizError):
+        render.render(np.zeros((8, 8), np.uint8), np.zeros((2, 2)))
