@@ -1,0 +1,155 @@
+"""Class activation map family: Grad-CAM (and, later, its relatives).
+
+The family shares one skeleton — capture the target layer's activation ``A (B, K, h, w)`` and
+the target's gradient ``G`` with respect to it, weigh the channels, sum, ReLU, upsample — and
+each method supplies one step: the channel weights (the pattern of pytorch-grad-cam's
+``BaseCAM.get_cam_weights``).
+
+Gradients are taken only down to the target layer: the forward pass runs without autograd up
+to the layer, whose output is replaced by a fresh leaf tensor; autograd records only the part
+of the network above it, and only the gradient with respect to that leaf is computed (no
+parameter gradients, nothing left in ``.grad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from ..hooks import HandleList, check_input, find_layer, layer_name, model_guard
+from ..targets import Target, as_target, bind, evaluate
+from ._layers import last_conv_block
+from .registry import register
+
+__all__ = ["grad_cam", "layer_activation_and_gradient"]
+
+Weigher = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def layer_activation_and_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: nn.Module,
+    target: Target | Callable | int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation ``A`` of ``layer``, ``dscore/dA``, and the model output, for each sample.
+
+    Returns
+    -------
+    A, G : Tensor (B, ...)
+        The layer's output and the gradient of each sample's target score with respect to it.
+    output : Tensor (B, ...)
+        The model's output (detached).
+
+    Raises
+    ------
+    InputError
+        If the layer does not run exactly once, does not return a tensor, or does not
+        influence the target.
+    """
+    captured: list[torch.Tensor] = []
+    grad_mode = torch.is_grad_enabled()
+
+    def capture(_module, _args, output):
+        if not isinstance(output, torch.Tensor):
+            raise InputError(f"target layer {layer_name(model, layer)!r} returns {type(output).__name__}, not a tensor")
+        if captured:
+            raise InputError(f"target layer {layer_name(model, layer)!r} runs more than once in a forward pass")
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        torch.set_grad_enabled(True)  # record the graph from here on only
+        return leaf.clone()  # a non-leaf, so in-place modules after the layer are allowed
+
+    try:
+        with HandleList() as handles:
+            handles.append(layer.register_forward_hook(capture))
+            torch.set_grad_enabled(False)
+            output = model(x)
+        if not captured:
+            raise InputError(f"target layer {layer_name(model, layer)!r} did not run in the forward pass")
+        (activation,) = captured
+        tgt = as_target(target, output.detach())
+        scores = evaluate(tgt, output, bind(tgt, output.detach()))
+        if not scores.requires_grad:
+            raise InputError(f"the target does not depend on layer {layer_name(model, layer)!r}")
+        (grad,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+        if grad is None:
+            raise InputError(f"the target does not depend on layer {layer_name(model, layer)!r}")
+    finally:
+        torch.set_grad_enabled(grad_mode)
+    return activation.detach(), grad, output.detach()
+
+
+def _cam(model, x, layer, target, upsample: bool, weigh: Weigher) -> torch.Tensor:
+    check_input(model, x)
+    with model_guard(model):
+        module = last_conv_block(model, x[:1]) if layer is None else find_layer(model, layer)
+        a, g, _ = layer_activation_and_gradient(model, x, module, target)
+    if a.ndim != 4:
+        raise InputError(f"target layer {layer_name(model, module)!r} must output (B, K, h, w), got {tuple(a.shape)}")
+    with torch.no_grad():
+        cam = F.relu((weigh(a, g).view(a.shape[0], a.shape[1], 1, 1) * a).sum(dim=1))
+        if upsample and cam.shape[-2:] != x.shape[-2:]:
+            cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    return cam.float()
+
+
+def _gradient_means(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g.mean(dim=(2, 3))
+
+
+@register("grad_cam")
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: nn.Module | str | None = None,
+    target: Target | Callable[[torch.Tensor], torch.Tensor] | int | None = None,
+    upsample: bool = True,
+) -> torch.Tensor:
+    """Grad-CAM saliency maps.
+
+    With ``A (B, K, h, w)`` the target layer's activation and ``y`` the target score::
+
+        alpha_k = mean over (h, w) of dy/dA_k
+        map     = ReLU(sum_k alpha_k A_k)
+
+    then bilinearly resized to the input size (``upsample=True``). For steering regression use
+    ``target=fastviz.targets.Steering()`` (the seeds' steering-direction target).
+
+    Source: Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV 2017.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Used as it is (call ``model.eval()`` first); left unchanged.
+    x : Tensor (B, C, H, W)
+        Float input in the model's input space, on the model's device.
+    layer : nn.Module or dotted name, optional
+        The target layer; its output must be ``(B, K, h, w)``. Default: the activated output
+        of the last ``nn.Conv2d`` that runs (for PilotNet, ``"features.9"``).
+    target : Target, callable, int or None
+        The scalar explained (see :mod:`fastviz.targets`); ``None``: the single output, or the
+        top class of a classifier.
+    upsample : bool
+        Resize to ``(H, W)``; ``False`` returns the layer's resolution ``(h, w)``.
+
+    Returns
+    -------
+    Tensor (B, H, W) or (B, h, w)
+        float32, >= 0, on ``x``'s device; raw (not normalised), in units of the target times
+        the activation.
+
+    Raises
+    ------
+    InputError
+        For a malformed ``x`` or target, a layer that does not output ``(B, K, h, w)``, runs
+        more than once, or does not influence the target.
+    UnknownNameError
+        For a layer name the model does not have.
+    """
+    return _cam(model, x, layer, target, upsample, _gradient_means)

@@ -1,0 +1,356 @@
+"""Perturbation family: multi-scale sliding-window occlusion.
+
+The occlusion map of the seeds ("Visualizations for regressing wheel steering angles in
+self driving cars", 2016) after Zeiler & Fergus, "Visualizing and Understanding Convolutional
+Networks" (ECCV 2014): mask many windows of several sizes, run the model, and score each
+window by how much the target changed.
+
+The engine: the windows of all scales and all frames form one table of rows
+``(frame, window)``; rows go through the model in chunks planned by :mod:`fastviz.scheduler`;
+each chunk's masked inputs are built on the model's device by tensor operations (no Python loop
+per window, no host round trip); per-scale maps are reduced from the window scores by two
+matrix products with 0/1 coverage matrices, which keeps pixels that no scoring window touches
+at exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import scheduler
+from ..errors import InputError
+from ..hooks import check_input, model_guard
+from ..targets import Target, as_target, bind, evaluate
+from .registry import register
+
+__all__ = ["WindowGrid", "blur", "combine_scales", "make_baseline", "masked_batch", "occlusion", "scale_maps", "window_grids"]
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The occlusion windows of one scale: every ``(top, left)`` pair of ``tops x lefts``.
+
+    Attributes
+    ----------
+    height, width : int
+        Window size in pixels (clipped to the frame).
+    tops, lefts : tuple of int
+        Top and left pixel coordinates; the last of each sits flush with the bottom/right edge.
+    """
+
+    height: int
+    width: int
+    tops: tuple[int, ...]
+    lefts: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+    def boxes(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Windows as int64 ``(N, 4)`` rows ``(y0, x0, y1, x1)`` (end-exclusive), row-major."""
+        t = torch.tensor(self.tops, dtype=torch.long, device=device)
+        l = torch.tensor(self.lefts, dtype=torch.long, device=device)
+        y0 = t.repeat_interleave(len(self.lefts))
+        x0 = l.repeat(len(self.tops))
+        return torch.stack([y0, x0, y0 + self.height, x0 + self.width], dim=1)
+
+    def coverage(self, frame_height: int, frame_width: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """0/1 matrices ``Ry (H, n_tops)`` and ``Rx (W, n_lefts)``: pixel row/column covered by window row/column."""
+        ys = torch.arange(frame_height, device=device).unsqueeze(1)
+        xs = torch.arange(frame_width, device=device).unsqueeze(1)
+        t = torch.tensor(self.tops, device=device).unsqueeze(0)
+        l = torch.tensor(self.lefts, device=device).unsqueeze(0)
+        ry = ((ys >= t) & (ys < t + self.height)).to(dtype)
+        rx = ((xs >= l) & (xs < l + self.width)).to(dtype)
+        return ry, rx
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a positive int or (height, width), got {value!r}")
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a positive int or (height, width), got {value!r}") from None
+    if h < 1 or w < 1:
+        raise InputError(f"{what} must be positive, got {value!r}")
+    return h, w
+
+
+def _positions(extent: int, size: int, step: int) -> tuple[int, ...]:
+    pos = list(range(0, extent - size + 1, step))
+    if pos[-1] != extent - size:
+        pos.append(extent - size)  # flush with the far edge: every pixel is covered
+    return tuple(pos)
+
+
+def window_grids(height: int, width: int, windows: Sequence | int, stride) -> list[WindowGrid]:
+    """The window grid of every scale for a ``height x width`` frame.
+
+    Parameters
+    ----------
+    windows : int or a sequence of int or (h, w)
+        Window sizes in pixels, one per scale: ``(8, 16, 32)`` is three square scales,
+        ``[(8, 16)]`` one rectangular scale. A size larger than the frame is clipped to it.
+    stride : int or (sy, sx)
+        Pixels between the top-left corners of neighbouring windows.
+    """
+    if isinstance(windows, int) and not isinstance(windows, bool):
+        windows = [windows]  # one square scale; a tuple of ints is several square scales
+    if not isinstance(windows, (list, tuple)) or not windows:
+        raise InputError(f"windows must be a non-empty sequence of sizes, got {windows!r}")
+    sy, sx = _pair(stride, "stride")
+    grids = []
+    for size in windows:
+        wh, ww = _pair(size, "window size")
+        wh, ww = min(wh, height), min(ww, width)
+        grids.append(WindowGrid(wh, ww, _positions(height, wh, sy), _positions(width, ww, sx)))
+    return grids
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``(B, C, H, W)`` with standard deviation ``sigma`` pixels (separable,
+    kernel radius ``ceil(3 sigma)``, reflected borders)."""
+    if sigma <= 0:
+        return x.clone()
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    kh = k[radius - pad_h: radius + pad_h + 1]
+    kw = k[radius - pad_w: radius + pad_w + 1]
+    kh, kw = kh / kh.sum(), kw / kw.sum()
+    out = x
+    if pad_w > 0:
+        out = F.conv2d(F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    if pad_h > 0:
+        out = F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), kh.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out
+
+
+def make_baseline(baseline, x: torch.Tensor, blur_sigma: float | None = None) -> float | torch.Tensor:
+    """What fills an occluded window.
+
+    Parameters
+    ----------
+    baseline : float, "mean", "blur" or Tensor
+        A constant; ``"mean"``: each frame's per-channel mean; ``"blur"``: a Gaussian-blurred
+        copy of the frame (``blur_sigma`` pixels, default: a quarter of the frame's shorter
+        side); or a tensor broadcastable to ``x`` (e.g. ``(C,)`` per-channel values or an image).
+
+    Returns
+    -------
+    float or Tensor
+        A float, or a tensor of shape ``(B, C, 1 | H, 1 | W)`` on ``x``'s device and dtype.
+    """
+    b, c, h, w = x.shape
+    if isinstance(baseline, bool):
+        raise InputError(f"baseline must be a number, 'mean', 'blur' or a tensor, got {baseline!r}")
+    if isinstance(baseline, (int, float)):
+        return float(baseline)
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            return x.mean(dim=(2, 3), keepdim=True)
+        if baseline == "blur":
+            sigma = blur_sigma if blur_sigma is not None else min(h, w) / 4.0
+            return blur(x, float(sigma))
+        raise InputError(f"unknown baseline {baseline!r}: use a number, 'mean', 'blur' or a tensor")
+    if isinstance(baseline, torch.Tensor):
+        t = baseline.to(device=x.device, dtype=x.dtype)
+        if t.ndim == 1 and t.shape[0] == c:
+            t = t.view(1, c, 1, 1)
+        try:
+            shape = torch.broadcast_shapes(t.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise InputError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to the input {tuple(x.shape)}")
+        while t.ndim < 4:
+            t = t.unsqueeze(0)
+        return t.expand(b, c, t.shape[2], t.shape[3])
+    raise InputError(f"baseline must be a number, 'mean', 'blur' or a tensor, got {type(baseline).__name__}")
+
+
+def masked_batch(x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor) -> torch.Tensor:
+    """Masked copies of frames, built on ``x``'s device in one pass of tensor operations.
+
+    Parameters
+    ----------
+    x : Tensor (B, C, H, W)
+    frame : int64 Tensor (M,)
+        Which frame each row masks.
+    boxes : int64 Tensor (M, 4)
+        ``(y0, x0, y1, x1)`` of each row's window (end-exclusive).
+    baseline : float or Tensor (B, C, 1 | H, 1 | W)
+        From :func:`make_baseline`.
+
+    Returns
+    -------
+    Tensor (M, C, H, W)
+        Row ``i`` is ``x[frame[i]]`` with the window ``boxes[i]`` filled by the baseline.
+    """
+    h, w = x.shape[-2:]
+    ys = torch.arange(h, device=x.device)
+    xs = torch.arange(w, device=x.device)
+    in_y = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # (M, H)
+    in_x = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # (M, W)
+    mask = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)  # (M, 1, H, W)
+    rows = x.index_select(0, frame)
+    if isinstance(baseline, float):
+        return rows.masked_fill_(mask, baseline)
+    return torch.where(mask, baseline.index_select(0, frame), rows)
+
+
+def scale_maps(scores: torch.Tensor, grids: Sequence[WindowGrid], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-scale occlusion maps from window scores.
+
+    For each scale, a pixel's value is the mean score of the windows of that scale covering it:
+    ``(Ry S Rx^T) / (cy cx^T)`` with ``S`` the ``(n_tops, n_lefts)`` score grid and ``Ry``,
+    ``Rx`` the 0/1 coverage matrices. A pixel whose covering windows all score exactly zero is
+    exactly zero; a pixel no window of the scale covers (stride larger than the window) is 0
+    and marked uncovered.
+
+    Parameters
+    ----------
+    scores : Tensor (B, N)
+        Window scores, scales concatenated in ``grids`` order, each grid row-major.
+
+    Returns
+    -------
+    maps : Tensor (B, S, H, W)
+        One map per scale.
+    covered : bool Tensor (S, H, W)
+        Where some window of the scale covers the pixel.
+    """
+    b = scores.shape[0]
+    maps = scores.new_empty(b, len(grids), height, width)
+    covered = torch.empty(len(grids), height, width, dtype=torch.bool, device=scores.device)
+    offset = 0
+    for i, g in enumerate(grids):
+        s = scores[:, offset: offset + len(g)].reshape(b, len(g.tops), len(g.lefts))
+        offset += len(g)
+        ry, rx = g.coverage(height, width, scores.dtype, scores.device)
+        total = ry @ s @ rx.T  # (B, H, W)
+        count = ry.sum(1).unsqueeze(1) * rx.sum(1).unsqueeze(0)  # (H, W)
+        covered[i] = count > 0
+        maps[:, i] = total / count.clamp_min(1)
+    return maps, covered
+
+
+def combine_scales(maps: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """Multi-scale map ``(B, H, W)``: per pixel, the mean over the scales that cover it (all
+    scales whenever stride <= window size); 0 where no scale covers the pixel."""
+    n = covered.sum(dim=0).clamp_min(1).to(maps.dtype)
+    return maps.sum(dim=1) / n
+
+
+@register("occlusion")
+def occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    windows: Sequence[int | tuple[int, int]] | int = (8, 16, 32),
+    stride: int | tuple[int, int] = 4,
+    baseline: float | str | torch.Tensor = 0.0,
+    target: Target | Callable[[torch.Tensor], torch.Tensor] | int | None = None,
+    score: str = "delta",
+    memory_budget: str | int | float | None = None,
+    chunk_size: int | None = None,
+    blur_sigma: float | None = None,
+) -> torch.Tensor:
+    """Multi-scale sliding-window occlusion map.
+
+    For every window size ``s`` in ``windows``, windows sit at top-left corners every
+    ``stride`` pixels, and the last row and column of windows sit flush with the bottom and
+    right edges, so every pixel is covered at every scale. Each window is scored::
+
+        score(w) = target(f(x)) - target(f(x with w filled by the baseline))
+
+    (``score="abs"``: its absolute value). Per scale, a pixel's value is the mean score over the
+    windows covering it; the map is the mean of the per-scale maps (with a stride larger than
+    a window, a pixel in a gap takes the mean over the scales that do cover it, 0 if none). Windows of all scales and
+    all frames go through the model in as few forward passes as the memory budget allows.
+
+    Source: the seeds' occlusion maps for steering regression (2016), after Zeiler & Fergus,
+    ECCV 2014.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Used as it is (call ``model.eval()`` first); left unchanged.
+    x : Tensor (B, C, H, W)
+        Float input in the model's input space, on the model's device.
+    windows : int or a sequence of int or (h, w)
+        Window sizes in pixels, one per scale; default ``(8, 16, 32)`` (three square scales;
+        ``[(8, 16)]`` is one rectangular scale). Sizes above the frame are clipped.
+    stride : int or (sy, sx)
+        Pixels between neighbouring windows' corners; default 4.
+    baseline : float, "mean", "blur" or Tensor
+        What fills a window: a constant (default 0.0), each frame's per-channel mean, a
+        Gaussian-blurred copy of the frame (``blur_sigma`` px), or a tensor broadcastable to
+        ``x``.
+    target : Target, callable, int or None
+        The scalar explained (see :mod:`fastviz.targets`); ``None``: the single output of a
+        one-output model, or the top class of the clean input for a classifier. Choices a
+        target makes from the output (class, steering branch) are made on the clean input.
+    score : "delta" or "abs"
+        Signed change, or its absolute value.
+    memory_budget : str, int, float or None
+        Bytes the chunks may use (``"512MiB"``, a byte count, a fraction of free memory);
+        default: :func:`fastviz.scheduler.default_budget`.
+    chunk_size : int, optional
+        Rows per forward pass, overriding the budget's plan.
+    blur_sigma : float, optional
+        Standard deviation in pixels of the ``"blur"`` baseline.
+
+    Returns
+    -------
+    Tensor (B, H, W)
+        float32 on ``x``'s device, in the target's units (e.g. radians for steering);
+        positive where occluding lowers the target.
+
+    Raises
+    ------
+    InputError
+        For a malformed ``x``, windows, stride, baseline, score, target or budget.
+
+    Examples
+    --------
+    >>> import torch, fastviz as fv
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    >>> maps = fv.occlusion(net.eval(), torch.rand(2, 3, 16, 16), windows=(4, 8), stride=2)
+    >>> maps.shape
+    torch.Size([2, 16, 16])
+    """
+    check_input(model, x)
+    if score not in ("delta", "abs"):
+        raise InputError(f"score must be 'delta' or 'abs', got {score!r}")
+    b, _c, h, w = x.shape
+    grids = window_grids(h, w, windows, stride)
+    boxes = torch.cat([g.boxes(x.device) for g in grids])
+    n = boxes.shape[0]
+    with model_guard(model), torch.no_grad():
+        clean = model(x)
+        tgt = as_target(target, clean)
+        choice = bind(tgt, clean)
+        clean_score = evaluate(tgt, clean, choice)
+        base = make_baseline(baseline, x, blur_sigma)
+        plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size)
+        scores = torch.empty(b * n, device=x.device, dtype=clean_score.dtype)
+        for r0 in range(0, b * n, plan.chunk):
+            rows = torch.arange(r0, min(r0 + plan.chunk, b * n), device=x.device)
+            frame = torch.div(rows, n, rounding_mode="floor")
+            out = model(masked_batch(x, frame, boxes[rows - frame * n], base))
+            scores[r0: r0 + rows.numel()] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame])
+    if score == "abs":
+        scores.abs_()
+    return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()

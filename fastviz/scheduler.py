@@ -1,0 +1,159 @@
+"""Memory budget -> chunk plan.
+
+A method that pushes many rows (frames x occlusion windows) through a model asks :func:`plan`
+for a chunk size: how many rows go through one forward pass. The plan comes from the budget
+and a measured per-row footprint (the input row, plus every leaf module's output for one row,
+seen by forward hooks on a one-row probe), with a safety factor for the allocator and
+temporaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .hooks import HandleList
+
+__all__ = ["Plan", "default_budget", "parse_budget", "plan", "row_footprint"]
+
+log = logging.getLogger(__name__)
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+#: Multiplier on the measured per-row footprint: masked inputs, the allocator's slack and
+#: the transient buffers of convolution algorithms.
+SAFETY = 2.0
+#: Cap on the default CPU budget: beyond this, bigger chunks no longer speed up CPU kernels.
+CPU_DEFAULT_CAP = 2 * 2**30
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 2**30
+
+
+def default_budget(device: torch.device | str) -> int:
+    """Bytes a method may use by default: half the free GPU memory, or on the CPU a quarter of
+    the available system memory, at most 2 GiB."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _available_bytes(device) // 2
+    return min(_available_bytes(device) // 4, CPU_DEFAULT_CAP)
+
+
+def parse_budget(budget: str | int | float | None, device: torch.device | str = "cpu") -> int:
+    """A memory budget in bytes.
+
+    Parameters
+    ----------
+    budget : str, int, float or None
+        ``"512MiB"``, ``"8GiB"``, ``"1.5GB"`` (binary and decimal units), a byte count (int),
+        a fraction of the device's free memory (float in (0, 1]), or ``None`` for
+        :func:`default_budget`.
+
+    Raises
+    ------
+    InputError
+        For a malformed or non-positive budget.
+    """
+    device = torch.device(device)
+    if budget is None:
+        return default_budget(device)
+    if isinstance(budget, bool):
+        raise InputError(f"memory budget must be a size like '512MiB', a byte count or a fraction, got {budget!r}")
+    if isinstance(budget, int):
+        if budget <= 0:
+            raise InputError(f"memory budget must be positive, got {budget} bytes")
+        return budget
+    if isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise InputError(f"a fractional memory budget must be in (0, 1], got {budget}")
+        return max(1, int(_available_bytes(device) * budget))
+    if isinstance(budget, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", budget)
+        if m and m.group(2).lower() in _UNITS:
+            value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+            if value >= 1:
+                return int(value)
+    raise InputError(f"malformed memory budget {budget!r}: use e.g. '512MiB', '8GiB', a byte count or a fraction like 0.8")
+
+
+def row_footprint(model: nn.Module, row: torch.Tensor) -> int:
+    """Bytes one input row costs in a no-grad forward pass: the row plus every leaf module's
+    output, measured with forward hooks on a one-row probe. ``row`` is ``(1, C, H, W)``."""
+    total = row.numel() * row.element_size()
+
+    def add(_module, _args, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
+    with HandleList() as handles, torch.no_grad():
+        handles.extend(m.register_forward_hook(add) for m in leaves)
+        model(row)
+    return int(total)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A chunk plan: ``rows`` rows in chunks of ``chunk`` rows, ``passes`` forward passes."""
+
+    rows: int
+    chunk: int
+    passes: int
+    row_bytes: int
+    budget_bytes: int
+
+    @property
+    def predicted_peak_bytes(self) -> int:
+        return int(self.chunk * self.row_bytes * SAFETY)
+
+
+def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chunk: int | None = None) -> Plan:
+    """Choose how many rows go through the model per forward pass.
+
+    Parameters
+    ----------
+    model : nn.Module
+    row : Tensor (1, C, H, W)
+        One representative input row (used for the footprint probe).
+    rows : int
+        Total number of rows to push through the model.
+    memory_budget : see :func:`parse_budget`
+    chunk : int, optional
+        Fixed chunk size (skips the probe), e.g. to compare with a peer's batch setting.
+    """
+    budget = parse_budget(memory_budget, row.device)
+    if chunk is not None:
+        if chunk < 1:
+            raise InputError(f"chunk size must be >= 1, got {chunk}")
+        row_bytes = row.numel() * row.element_size()
+    else:
+        row_bytes = row_footprint(model, row)
+        chunk = max(1, int(budget // (row_bytes * SAFETY)))
+    chunk = max(1, min(chunk, rows))
+    passes = -(-rows // chunk)
+    p = Plan(rows=rows, chunk=chunk, passes=passes, row_bytes=row_bytes, budget_bytes=budget)
+    log.debug("plan: %d rows in %d passes of <= %d rows (%.1f KiB/row, budget %.0f MiB, predicted peak %.0f MiB)",
+              rows, passes, chunk, row_bytes / 1024, budget / 2**20, p.predicted_peak_bytes / 2**20)
+    return p

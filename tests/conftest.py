@@ -1,0 +1,53 @@
+"""Shared tiny models with fixed weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class BoxSum(nn.Module):
+    """Output depends only on one box of the input: sum of squares inside ``[y0:y1, x0:x1]``."""
+
+    def __init__(self, y0=10, y1=14, x0=20, x1=27):
+        super().__init__()
+        self.box = (y0, y1, x0, x1)
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        y0, y1, x0, x1 = self.box
+        return (self.scale * (x[:, :, y0:y1, x0:x1] ** 2).sum(dim=(1, 2, 3))).unsqueeze(1)
+
+
+def small_convnet(seed: int = 0, inplace: bool = False, classes: int = 1) -> nn.Sequential:
+    """Conv(3->4, 3x3, s1, p1) ReLU Conv(4->6, 3x3, s2) ReLU Conv(6->5, 3x3, s1, p1) ReLU, then a
+    linear head; fixed random weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.Flatten(),
+        nn.LazyLinear(classes),
+    )
+
+
+def materialise(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture
+def convnet() -> nn.Sequential:
+    return materialise(small_convnet(), torch.zeros(1, 3, 17, 23))
+
+
+@pytest.fixture
+def frames() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(3, 3, 17, 23)

@@ -1,0 +1,120 @@
+"""VisualBackProp against the paper's steps, a hand-computed case, and its properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastviz as fv
+from fastviz.errors import InputError
+from fastviz.methods.vbp import ones_deconv
+
+from references import ones_transposed_conv_loop, visual_backprop_sequential
+
+
+def stack(seed=0):
+    torch.manual_seed(seed)
+    layers = [
+        (nn.Conv2d(3, 4, 5, stride=2), nn.ReLU()),
+        (nn.Conv2d(4, 6, 3, stride=1, padding=1), nn.ReLU()),
+        (nn.Conv2d(6, 5, 3, stride=2), nn.ReLU()),
+        (nn.Conv2d(5, 3, 2, stride=1), None),  # no activation: the conv output is used
+    ]
+    seq = nn.Sequential(*[m for pair in layers for m in pair if m is not None]).eval()
+    return layers, seq
+
+
+@pytest.mark.parametrize("size", [(31, 37), (32, 40), (29, 29)])
+def test_matches_the_papers_steps(size):
+    layers, seq = stack()
+    torch.manual_seed(5)
+    x = torch.rand(2, 3, *size)
+    got = fv.visual_backprop(seq, x)
+    assert got.shape == (2, *size) and got.dtype == torch.float32
+    for i in range(2):
+        want = visual_backprop_sequential(layers, x[i : i + 1])
+        np.testing.assert_allclose(got[i].numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_pilotnet_matches_the_papers_steps():
+    torch.manual_seed(0)
+    net = fv.models.PilotNet().eval()
+    x = torch.rand(1, 3, 66, 200)
+    f = net.features
+    layers = [(f[i], f[i + 1]) for i in range(0, 10, 2)]
+    got = fv.visual_backprop(net, x)[0].numpy()
+    want = visual_backprop_sequential(layers, x * 2 - 1)  # PilotNet's fixed normalisation
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_hand_computed_single_conv():
+    conv = nn.Conv2d(1, 1, 2, stride=2, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    net = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    # block sums: [[10, 18], [42, 50]] -> each 2x2 block gets its sum -> min-max: (v - 10) / 40
+    want = torch.tensor([[0.0, 0.2], [0.8, 1.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    torch.testing.assert_close(fv.visual_backprop(net, x)[0], want)
+
+
+@pytest.mark.parametrize("k,s,p", [(5, 2, 0), (3, 1, 1), (3, 2, 1), (4, 3, 2), (1, 1, 0)])
+@pytest.mark.parametrize("in_size", [(9, 11), (10, 10), (13, 7)])
+def test_ones_deconv_is_the_receptive_field_sum(k, s, p, in_size):
+    conv = nn.Conv2d(1, 1, k, stride=s, padding=p)
+    out_h = (in_size[0] + 2 * p - k) // s + 1
+    out_w = (in_size[1] + 2 * p - k) // s + 1
+    torch.manual_seed(2)
+    m = torch.rand(1, 1, out_h, out_w, dtype=torch.float64)
+    got = ones_deconv(m, conv, in_size)[0, 0].numpy()
+    want = ones_transposed_conv_loop(m[0, 0].numpy(), k, s, p, in_size)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_inplace_relu_and_batchnorm_chain():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3), nn.ReLU(inplace=True)).eval()
+    b = nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()).eval()
+    with torch.no_grad():
+        a[1].running_mean.uniform_(-0.5, 0.5)  # BatchNorm that matters: shifts before the ReLU
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 21, 21)
+    torch.testing.assert_close(fv.visual_backprop(a, x), fv.visual_backprop(b, x))
+    # the first block's mean map is taken after BatchNorm and ReLU, as the reference does
+    layers = [(b[0], nn.Sequential(b[1], b[2])), (b[3], b[4])]
+    np.testing.assert_allclose(fv.visual_backprop(b, x[:1])[0].numpy(), visual_backprop_sequential(layers, x[:1]), rtol=1e-4, atol=1e-5)
+
+
+def test_values_in_unit_range_and_constant_maps_are_zero():
+    net = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(1.0)
+    out = fv.visual_backprop(net, torch.rand(2, 1, 8, 8))
+    # all-ones mean map: the upscaled map counts receptive-field overlaps, not constant
+    assert out.min() == 0 and out.max() == 1
+    flat = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU()).eval()
+    with torch.no_grad():
+        flat[0].weight.zero_()
+        flat[0].bias.fill_(1.0)
+    assert (fv.visual_backprop(flat, torch.rand(1, 1, 5, 5)) == 0).all()
+
+
+def test_pooling_between_convs_is_resized():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
+    out = fv.visual_backprop(net, torch.rand(1, 3, 16, 16))
+    assert out.shape == (1, 16, 16) and out.min() == 0 and out.max() == 1
+
+
+def test_layer_selection_and_errors():
+    layers, seq = stack()
+    x = torch.rand(1, 3, 31, 37)
+    only_first_two = fv.visual_backprop(seq, x, layers=["0", "2"])
+    want = visual_backprop_sequential(layers[:2], x)
+    np.testing.assert_allclose(only_first_two[0].numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="nn.Conv2d"):
+        fv.visual_backprop(seq, x, layers=["1"])
+    with pytest.raises(InputError, match="no nn.Conv2d"):
+        fv.visual_backprop(nn.Sequential(nn.Flatten(), nn.Linear(3 * 31 * 37, 1)), x)
