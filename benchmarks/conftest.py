@@ -1,0 +1,6 @@
+"""Benchmarks share the tests' plain references (tests/references.py)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
