@@ -1,0 +1,52 @@
+"""Chunk planning: budget parsing, footprint probe, plan arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fastviz import scheduler
+from fastviz.errors import InputError
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [("512MiB", 512 * 2**20), ("8GiB", 8 * 2**30), ("1.5GB", 1_500_000_000), (" 64 kib ", 65536), ("1000", 1000), (4096, 4096)],
+)
+def test_parse_budget(text, want):
+    assert scheduler.parse_budget(text) == want
+
+
+def test_fraction_of_available_memory(monkeypatch):
+    monkeypatch.setattr(scheduler, "_available_bytes", lambda device: 10_000)
+    assert scheduler.parse_budget(0.25) == 2500
+    assert scheduler.default_budget("cpu") == 2500  # a quarter of available, under the cap
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "12 parsecs", "-5MiB", 0, -1, 0.0, 1.5, True, "0.1B"])
+def test_malformed_budget(bad):
+    with pytest.raises(InputError, match="budget"):
+        scheduler.parse_budget(bad)
+
+
+def test_row_footprint_counts_input_and_every_leaf_output():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    row = torch.zeros(1, 3, 8, 8)
+    # input 192 + conv 144 + relu 144 + flatten 144 + linear 2 floats, 4 bytes each
+    assert scheduler.row_footprint(net, row) == 4 * (192 + 144 + 144 + 144 + 2)
+    assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_plan_arithmetic():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    row = torch.zeros(1, 3, 8, 8)
+    per_row = 4 * (192 + 144 + 144 + 144 + 2)
+    p = scheduler.plan(net, row, rows=1000, memory_budget=per_row * scheduler.SAFETY * 64)
+    assert (p.chunk, p.passes, p.row_bytes) == (64, 16, per_row)
+    assert p.predicted_peak_bytes <= p.budget_bytes
+    assert scheduler.plan(net, row, rows=10, memory_budget="1GiB").chunk == 10  # never more than the rows
+    assert scheduler.plan(net, row, rows=10, memory_budget=1).chunk == 1  # at least one row
+    assert scheduler.plan(net, row, rows=10, chunk=3).passes == 4
+    with pytest.raises(InputError, match="chunk"):
+        scheduler.plan(net, row, rows=10, chunk=0)
