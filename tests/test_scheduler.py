@@ -42,7 +42,7 @@ def test_plan_arithmetic():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     row = torch.zeros(1, 3, 8, 8)
     per_row = 4 * (192 + 144 + 144 + 144 + 2)
-    p = scheduler.plan(net, row, rows=1000, memory_budget=per_row * scheduler.SAFETY * 64)
+    p = scheduler.plan(net, row, rows=1000, memory_budget=int(per_row * scheduler.SAFETY * 64))
     assert (p.chunk, p.passes, p.row_bytes) == (64, 16, per_row)
     assert p.predicted_peak_bytes <= p.budget_bytes
     assert scheduler.plan(net, row, rows=10, memory_budget="1GiB").chunk == 10  # never more than the rows
