@@ -1,0 +1,354 @@
+"""The ``fastviz`` command line.
+
+``fastviz overlay [INPUT] -o OUTPUT``: saliency video of a drive log, video file or image
+folder (default: the bundled held-out CarRacing log) through a model (default: the bundled
+``pilotnet-carracing``) with a saliency method (default: ``visual_backprop``).
+
+Everything that can be checked is checked before the output is created: the model loads, the
+method exists and takes the options given, the input opens and its first batch goes through the
+model. Bad input ends with one line ``fastviz: error: ...`` on stderr and exit status 2, and no
+output file; Ctrl-C ends with status 130, also without output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastviz
+
+from . import render as rd
+from .errors import FastvizError, InputError
+from .video import VideoSink, codec_for, open_source
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Frames are enlarged by a whole factor up to about this many pixels on their long side,
+#: unless ``--scale`` is given (CarRacing's 96 x 96 frames: x4).
+AUTO_SCALE_TARGET = 384
+
+
+class _UsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit, so every error is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(message)
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 8,16,32, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"window sizes must be >= 1, got {text!r}")
+    return values
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two percentiles LO,HI like 1,99, got {text!r}") from None
+    if not 0.0 <= lo < hi <= 100.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI <= 100, got {text!r}")
+    return lo, hi
+
+
+def _baseline(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _colormap_name(text: str) -> str:
+    if text.lower() not in rd.COLORMAPS:
+        raise argparse.ArgumentTypeError(f"unknown colormap {text!r} (known: {', '.join(sorted(rd.COLORMAPS))})")
+    return text.lower()
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastviz`` argument parser (choices of ``--method`` read from the method registry)."""
+    parser = _Parser(
+        prog="fastviz",
+        description="Saliency maps for PyTorch CNNs, fast: which pixels of each frame drove the output?",
+    )
+    parser.add_argument("--version", action="version", version=f"fastviz {fastviz.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ov = commands.add_parser(
+        "overlay",
+        help="render a saliency video of a video file, image folder or the bundled drive log",
+        description=(
+            "Compute a saliency map for every frame and write a video of the frames with their maps. "
+            "INPUT is a video file or a folder of images (png/jpg/bmp, natural name order); "
+            "without INPUT the bundled held-out CarRacing drive log is used."
+        ),
+    )
+    ov.add_argument("input", nargs="?", metavar="INPUT", help="video file or image folder (default: bundled drive log)")
+    ov.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT", help="output video: .mp4 (mp4v), .avi (MJPG) or .mkv (FFV1)"
+    )
+    ov.add_argument(
+        "--model",
+        default="pilotnet-carracing",
+        metavar="NAME|PATH",
+        help=f"bundled model ({', '.join(fastviz.models.available())}) or a .safetensors file "
+        "(default: %(default)s)",
+    )
+    ov.add_argument(
+        "--method",
+        default="visual_backprop",
+        choices=fastviz.methods(),
+        metavar="NAME",
+        help=f"saliency method: {', '.join(fastviz.methods())} (default: %(default)s; occlusion costs "
+        "~1,900 forward passes per frame)",
+    )
+    ov.add_argument("--layout", default="overlay", choices=rd.LAYOUTS, help="display (default: %(default)s)")
+    ov.add_argument("--batch", type=_positive_int, default=16, metavar="N", help="frames per batch (default: %(default)s)")
+    ov.add_argument("--device", default="cpu", metavar="cpu|cuda", help="torch device (default: %(default)s)")
+    ov.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    ov.add_argument(
+        "--scale",
+        type=_positive_int,
+        metavar="K",
+        help=f"enlarge frames K times for display (default: a whole factor up to ~{AUTO_SCALE_TARGET} px)",
+    )
+    ov.add_argument("--alpha", type=_unit_float, default=0.5, metavar="A", help="heatmap opacity (default: %(default)s)")
+    ov.add_argument(
+        "--colormap", type=_colormap_name, default="jet", metavar="NAME", help="OpenCV colormap (default: %(default)s)"
+    )
+    ov.add_argument("--clip", type=_percentiles, metavar="LO,HI", help="clip each map to these percentiles, e.g. 1,99")
+    ov.add_argument("--fps", type=_positive_float, help="output frames per second (default: the input's)")
+    ov.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    opts = ov.add_argument_group("method options (passed on only when given)")
+    opts.add_argument(
+        "--layer", metavar="NAME", help="grad_cam: layer by dotted name (default: the activation after the last conv)"
+    )
+    opts.add_argument("--windows", type=_int_list, metavar="S,S,...", help="occlusion: window sizes, e.g. 8,16,32")
+    opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
+    opts.add_argument("--baseline", type=_baseline, metavar="VALUE", help="occlusion: fill value, or mean / blur")
+    ov.set_defaults(run=_overlay)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+#: CLI option -> keyword of the saliency method.
+_METHOD_OPTIONS = {"layer": "layer", "windows": "windows", "stride": "stride", "baseline": "baseline"}
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {text!r}: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {text!r}: use cpu or cuda")
+    return device
+
+
+def _default_layer(model: torch.nn.Module) -> str | None:
+    """Dotted name of the activation right after the model's last convolution (else the conv)."""
+    names = list(model.named_modules())
+    last = None
+    for i, (name, module) in enumerate(names):
+        if isinstance(module, torch.nn.Conv2d):
+            last = i
+    if last is None:
+        return None
+    if last + 1 < len(names):
+        name, module = names[last + 1]
+        if type(module).__module__.startswith("torch.nn.modules.activation"):
+            return name
+    return names[last][0]
+
+
+def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """The method keywords given on the command line, checked against the method's signature."""
+    from .methods.registry import get
+
+    method = get(args.method)
+    params = inspect.signature(method).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    opts = {}
+    for option, keyword in _METHOD_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if keyword not in params and not takes_any:
+            raise InputError(f"--{option} does not apply to method {args.method!r}")
+        opts[keyword] = value
+    if "layer" in params and "layer" not in opts:
+        layer = _default_layer(model)
+        if layer is not None:
+            opts["layer"] = layer
+    return opts
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    return "; ".join(lines) if lines else "unknown error"
+
+
+def _quiet_opencv() -> None:
+    """Keep FFmpeg's and OpenCV's own console messages off stderr: fastviz reports errors itself."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg starts
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def _overlay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    output = Path(args.output)
+    codec_for(output)  # unknown extension: fail before any work
+    if not output.parent.is_dir():
+        raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
+    device = _device(args.device)
+    model = fastviz.models.load(args.model, device)
+    opts = _method_options(args, model)
+    source = open_source(args.input, fps=args.fps)
+    if source.path.resolve() == output.resolve():
+        raise InputError(f"output {output} would overwrite the input")
+    height, width = source.shape[:2]
+    region = model.transform.region(height, width)
+    scale = args.scale or max(1, AUTO_SCALE_TARGET // max(height, width))
+    look = dict(region=region, scale=scale, alpha=args.alpha, colormap=args.colormap, clip=args.clip)
+
+    def saliency(frames: np.ndarray) -> np.ndarray:
+        x = model.preprocess(frames)
+        maps = fastviz.explain(model, x, method=args.method, **opts)
+        return maps.detach().float().cpu().numpy()
+
+    batches = source.batches(args.batch, max_frames=args.max_frames)
+    try:
+        first_started = time.time()
+        first = next(batches)
+        x = model.preprocess(first)
+        try:
+            with torch.no_grad():
+                model(x)
+        except RuntimeError as exc:
+            raise InputError(
+                f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
+            ) from None
+        first_maps = saliency(first)
+        picture = rd.render(first[0], first_maps[0], args.layout, **look)
+
+        total = source.frame_count
+        if args.max_frames is not None:
+            total = args.max_frames if total is None else min(total, args.max_frames)
+        written = 0
+        with VideoSink(output, fps=source.fps, size=picture.shape[:2]) as sink, tqdm(
+            total=total, unit="frame", file=sys.stderr, disable=args.quiet, dynamic_ncols=True, desc=args.method
+        ) as bar:
+            # the bar appears only once the input is known good; count the first batch's time too
+            bar.start_t = bar.last_print_t = first_started
+            rest = ((frames, saliency(frames)) for frames in batches)
+            for frames, maps in itertools.chain([(first, first_maps)], rest):
+                for frame, m in zip(frames, maps):
+                    sink.write(rd.render(frame, m, args.layout, **look))
+                written += len(frames)
+                bar.update(len(frames))
+    finally:
+        batches.close()
+    seconds = time.perf_counter() - started
+    print(
+        f"fastviz: {written} frames ({args.method}, {args.layout}) in {seconds:.1f} s "
+        f"({written / max(seconds, 1e-9):.1f} frames/s) -> {output}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``fastviz`` command line; returns the exit status.
+
+    0: done; 2: bad usage or bad input (one line ``fastviz: error: ...`` on stderr, no output
+    file); 130: interrupted (no output file).
+    """
+    _quiet_opencv()
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(f"fastviz: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        return args.run(args)
+    except FastvizError as exc:
+        print(f"fastviz: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except torch.OutOfMemoryError:
+        print(f"fastviz: error: out of memory on {args.device}: try a smaller --batch", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fastviz: interrupted; no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
