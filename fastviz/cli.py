@@ -220,11 +220,13 @@ def _default_layer(model: torch.nn.Module) -> str | None:
 
 def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
     """The method keywords given on the command line, checked against the method's signature."""
-    from .methods.registry import get
+    try:
+        from .methods.registry import get
 
-    method = get(args.method)
-    params = inspect.signature(method).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        params = dict(inspect.signature(get(args.method)).parameters)
+    except (ImportError, TypeError, ValueError):  # no signature to check against: pass options on
+        params = {}
+    takes_any = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     opts = {}
     for option, keyword in _METHOD_OPTIONS.items():
         value = getattr(args, option)
@@ -233,7 +235,7 @@ def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         if keyword not in params and not takes_any:
             raise InputError(f"--{option} does not apply to method {args.method!r}")
         opts[keyword] = value
-    if "layer" in params and "layer" not in opts:
+    if ("layer" in params or (not params and args.method == "grad_cam")) and "layer" not in opts:
         layer = _default_layer(model)
         if layer is not None:
             opts["layer"] = layer
