@@ -189,6 +189,8 @@ def _bad_inputs(assets: dict, tmp: Path) -> dict[str, list[str]]:
     junk.write_text("this is not a video\n" * 20)
     empty = tmp / "empty.mkv"
     empty.write_bytes(b"")
+    zero_frames = tmp / "zero.avi"
+    cv2.VideoWriter(str(zero_frames), cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 32)).release()
     no_images = tmp / "no_images"
     no_images.mkdir()
     (no_images / "notes.txt").write_text("x")
@@ -207,6 +209,7 @@ def _bad_inputs(assets: dict, tmp: Path) -> dict[str, list[str]]:
         "missing input": [str(tmp / "missing.mp4"), "--model", model],
         "not a video": [str(junk), "--model", model],
         "empty file": [str(empty), "--model", model],
+        "video without frames": [str(zero_frames), "--model", model],
         "folder without images": [str(no_images), "--model", model],
         "unreadable image": [str(unreadable), "--model", model],
         "images of two sizes": [str(mixed), "--model", model, "--batch", "1"],
@@ -229,6 +232,7 @@ BAD_INPUT_NAMES = [
     "missing input",
     "not a video",
     "empty file",
+    "video without frames",
     "folder without images",
     "unreadable image",
     "images of two sizes",

@@ -162,6 +162,15 @@ def test_not_a_video_is_input_error(tmp_path, content):
         open_source(path)
 
 
+@pytest.mark.parametrize("ext, fourcc", [(".avi", "MJPG"), (".mkv", "FFV1"), (".mp4", "mp4v")])
+def test_video_with_zero_frames_is_input_error(tmp_path, ext, fourcc):
+    path = tmp_path / f"zero{ext}"
+    cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25, (32, 32)).release()
+    assert path.is_file()
+    with pytest.raises(InputError, match=f"zero{ext}"):
+        open_source(path)
+
+
 def test_truncated_video_is_input_error(tmp_path):
     path = write_ffv1(tmp_path / "long.mkv", random_frames(30, 48, 64))
     data = path.read_bytes()
