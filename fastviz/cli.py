@@ -290,6 +290,8 @@ def _overlay(args: argparse.Namespace) -> int:
         try:
             with torch.no_grad():
                 model(x)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as exc:
             raise InputError(
                 f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
