@@ -46,6 +46,8 @@ def test_plan_arithmetic():
     assert (p.chunk, p.passes, p.row_bytes) == (64, 16, per_row)
     assert p.predicted_peak_bytes <= p.budget_bytes
     assert scheduler.plan(net, row, rows=10, memory_budget="1GiB").chunk == 10  # never more than the rows
+    cap = scheduler.CPU_CHUNK_BYTES // per_row  # CPU: cache-sized chunks even under a big budget
+    assert scheduler.plan(net, row, rows=10**9, memory_budget="64GiB").chunk == cap
     assert scheduler.plan(net, row, rows=10, memory_budget=1).chunk == 1  # at least one row
     assert scheduler.plan(net, row, rows=10, chunk=3).passes == 4
     with pytest.raises(InputError, match="chunk"):
