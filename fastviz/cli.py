@@ -109,6 +109,23 @@ def _baseline(text: str) -> float | str:
         return text
 
 
+def _target(text: str) -> fastviz.targets.Target:
+    """``output`` | ``output:I`` | ``steering`` | ``steering:DEG`` | ``class:K`` | ``top``."""
+    name, _, arg = text.partition(":")
+    try:
+        if name == "output":
+            return fastviz.targets.Output(int(arg) if arg else 0)
+        if name == "steering":
+            return fastviz.targets.Steering(float(arg) if arg else 5.0)
+        if name == "class" and arg:
+            return fastviz.targets.Class(int(arg))
+        if name == "top" and not arg:
+            return fastviz.targets.TopClass()
+    except (ValueError, fastviz.errors.FastvizError):
+        pass
+    raise argparse.ArgumentTypeError(f"unknown target {text!r}: use output[:I], steering[:DEG], class:K or top")
+
+
 def _colormap_name(text: str) -> str:
     if text.lower() not in rd.COLORMAPS:
         raise argparse.ArgumentTypeError(f"unknown colormap {text!r} (known: {', '.join(sorted(rd.COLORMAPS))})")
@@ -180,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--windows", type=_int_list, metavar="S,S,...", help="occlusion: window sizes, e.g. 8,16,32")
     opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
     opts.add_argument("--baseline", type=_baseline, metavar="VALUE", help="occlusion: fill value, or mean / blur")
+    opts.add_argument(
+        "--target", type=_target, metavar="T",
+        help="what the map explains: output[:I], steering[:DEG] (the steering-direction target, "
+        "threshold in degrees), class:K or top (default: the single output, or the top class)",
+    )
     ov.set_defaults(run=_overlay)
     return parser
 
@@ -187,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 #: CLI option -> keyword of the saliency method.
-_METHOD_OPTIONS = {"layer": "layer", "windows": "windows", "stride": "stride", "baseline": "baseline"}
+_METHOD_OPTIONS = {"layer": "layer", "windows": "windows", "stride": "stride", "baseline": "baseline", "target": "target"}
 
 
 def _device(text: str) -> torch.device:
@@ -200,22 +222,6 @@ def _device(text: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"unsupported device {text!r}: use cpu or cuda")
     return device
-
-
-def _default_layer(model: torch.nn.Module) -> str | None:
-    """Dotted name of the activation right after the model's last convolution (else the conv)."""
-    names = list(model.named_modules())
-    last = None
-    for i, (name, module) in enumerate(names):
-        if isinstance(module, torch.nn.Conv2d):
-            last = i
-    if last is None:
-        return None
-    if last + 1 < len(names):
-        name, module = names[last + 1]
-        if type(module).__module__.startswith("torch.nn.modules.activation"):
-            return name
-    return names[last][0]
 
 
 def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
@@ -235,10 +241,6 @@ def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         if keyword not in params and not takes_any:
             raise InputError(f"--{option} does not apply to method {args.method!r}")
         opts[keyword] = value
-    if ("layer" in params or (not params and args.method == "grad_cam")) and "layer" not in opts:
-        layer = _default_layer(model)
-        if layer is not None:
-            opts["layer"] = layer
     return opts
 
 

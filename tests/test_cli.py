@@ -135,7 +135,7 @@ class FakeExplain:
         ([], "visual_backprop", {}),
         (["--windows", "8,16", "--stride", "4"], "occlusion", {"windows": (8, 16), "stride": 4}),
         (["--baseline", "mean"], "occlusion", {"baseline": "mean"}),
-        ([], "grad_cam", {"layer": "features.9"}),  # PilotNet: the ReLU after the last conv
+        ([], "grad_cam", {}),  # grad_cam picks the model's cam_layer itself
         (["--layer", "features.7"], "grad_cam", {"layer": "features.7"}),
     ],
 )
@@ -147,6 +147,28 @@ def test_method_options_pass_through_only_when_given(assets, out_dir, monkeypatc
     assert [c[0] for c in fake.calls] == [method, method]  # 6 frames in batches of 4
     assert [c[1] for c in fake.calls] == [(4, 3, 66, 200), (2, 3, 66, 200)]
     assert all(c[2] == expected for c in fake.calls)
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [("steering", "Steering(threshold_deg=5.0, index=0)"), ("steering:2.5", "Steering(threshold_deg=2.5, index=0)"),
+     ("output", "Output(0)"), ("output:3", "Output(3)"), ("class:7", "Class(7)"), ("top", "TopClass()")],
+)
+def test_target_option(assets, out_dir, monkeypatch, text, want):
+    fake = FakeExplain()
+    monkeypatch.setattr(fastviz, "explain", fake)
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out_dir / "o.mkv"), "--model", assets["stand_in_model"]]
+    assert cli.main([*argv, "--method", "grad_cam", "--target", text, "-q"]) == 0
+    assert repr(fake.calls[0][2]["target"]) == want
+
+
+@pytest.mark.parametrize("text", ["left", "class", "class:x", "steering:-1", "top:2"])
+def test_bad_target_option(assets, out_dir, capsys, text):
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out_dir / "o.mkv"), "--model", assets["stand_in_model"]]
+    assert cli.main([*argv, "--method", "grad_cam", "--target", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastviz: error:") and "target" in err[0]
+    assert not any(out_dir.iterdir())
 
 
 def test_rendered_values(assets, out_dir, monkeypatch):

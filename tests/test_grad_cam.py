@@ -94,11 +94,23 @@ def test_frozen_model_works():
     assert not any(p.requires_grad for p in net.parameters())
 
 
-def test_default_layer_is_last_activated_conv():
+def test_default_layer_is_the_models_cam_layer_else_last_activated_conv(frames):
     torch.manual_seed(0)
     net = fv.models.PilotNet().eval()
     x = torch.rand(2, 3, 66, 200)
-    torch.testing.assert_close(fv.grad_cam(net, x), fv.grad_cam(net, x, layer="features.9"))
+    torch.testing.assert_close(fv.grad_cam(net, x), fv.grad_cam(net, x, layer="features.5"))
+    plain = materialise(small_convnet(), frames[:1])  # no cam_layer: conv "4" -> its ReLU "5"
+    torch.testing.assert_close(fv.grad_cam(plain, frames), fv.grad_cam(plain, frames, layer="5"))
+    torch.testing.assert_close(fv.grad_cam(plain, frames), fv.grad_cam(plain, frames, layer=plain[5]))
+
+
+def test_bundled_model_maps_are_not_blank():
+    model = fv.models.load("pilotnet-carracing")
+    log = fv.data.load_drive_log()
+    x = model.preprocess(log.frames[::100])
+    maps = fv.grad_cam(model, x, target=fv.targets.Steering())
+    blank = (maps.flatten(1).amax(1) == 0).float().mean().item()
+    assert blank <= 0.1, f"{blank:.0%} of Grad-CAM maps are blank on the bundled log"
 
 
 def test_errors(convnet, frames):

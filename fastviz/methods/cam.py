@@ -87,6 +87,8 @@ def layer_activation_and_gradient(
 def _cam(model, x, layer, target, upsample: bool, weigh: Weigher) -> torch.Tensor:
     check_input(model, x)
     with model_guard(model):
+        if layer is None:
+            layer = getattr(model, "cam_layer", None)  # the architecture's own choice, if it has one
         module = last_conv_block(model, x[:1]) if layer is None else find_layer(model, layer)
         a, g, _ = layer_activation_and_gradient(model, x, module, target)
     if a.ndim != 4:
@@ -130,8 +132,10 @@ def grad_cam(
     x : Tensor (B, C, H, W)
         Float input in the model's input space, on the model's device.
     layer : nn.Module or dotted name, optional
-        The target layer; its output must be ``(B, K, h, w)``. Default: the activated output
-        of the last ``nn.Conv2d`` that runs (for PilotNet, ``"features.9"``).
+        The target layer; its output must be ``(B, K, h, w)``. Default: the model's
+        ``cam_layer`` attribute if it has one (PilotNet: ``"features.5"``, see
+        :class:`fastviz.models.PilotNet`), else the activated output of the last ``nn.Conv2d``
+        that runs.
     target : Target, callable, int or None
         The scalar explained (see :mod:`fastviz.targets`); ``None``: the single output, or the
         top class of a classifier.
