@@ -10,17 +10,20 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 >>> maps = fv.occlusion(model, x)                 # (4, 66, 200) float32
 """
 
-from . import data, models, targets
+from . import data, errors, models, render, targets, video
 from .methods import explain, grad_cam, methods, occlusion, visual_backprop
 
 __all__ = [
     "data",
+    "errors",
     "explain",
     "grad_cam",
     "methods",
     "models",
     "occlusion",
+    "render",
     "targets",
+    "video",
     "visual_backprop",
 ]
 
