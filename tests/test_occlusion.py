@@ -188,3 +188,31 @@ def test_bad_arguments_raise_clear_errors(convnet, frames, kwargs, match):
 def test_bad_input_raises_clear_errors(convnet, x, match):
     with pytest.raises(InputError, match=match):
         fv.occlusion(convnet, x)
+
+
+def test_model_that_rejects_channels_last_still_works(frames):
+    class ViewNet(torch.nn.Module):  # .view on an activation fails on channels-last tensors
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+            self.fc = torch.nn.Linear(2 * 15 * 21, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(h.view(h.shape[0], -1))
+
+    net = ViewNet().eval()
+    with pytest.raises(RuntimeError):
+        net(frames.contiguous(memory_format=torch.channels_last))
+    got = fv.occlusion(net, frames, windows=(5,), stride=4)
+    torch.testing.assert_close(got.double(), occlusion_loop(net, frames, windows=(5,), stride=4), rtol=1e-4, atol=1e-6)
+
+
+def test_masked_batch_keeps_channels_last():
+    x = torch.rand(2, 3, 6, 7).contiguous(memory_format=torch.channels_last)
+    out = masked_batch(x, torch.tensor([0, 1, 1]), torch.tensor([[0, 0, 2, 2]] * 3), 0.0)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    base = x.mean(dim=(2, 3), keepdim=True)
+    out = masked_batch(x, torch.tensor([0, 1, 1]), torch.tensor([[0, 0, 2, 2]] * 3), base)
+    assert out.is_contiguous(memory_format=torch.channels_last)
