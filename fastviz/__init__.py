@@ -10,7 +10,7 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 >>> maps = fv.occlusion(model, x)                 # (4, 66, 200) float32
 """
 
-from . import data, errors, models, render, targets, video
+from . import data, errors, models, render, scheduler, targets, video
 from .methods import explain, grad_cam, methods, occlusion, visual_backprop
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "models",
     "occlusion",
     "render",
+    "scheduler",
     "targets",
     "video",
     "visual_backprop",

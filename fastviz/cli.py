@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     file); 130: interrupted (no output file).
     """
     _quiet_opencv()
+    fastviz.scheduler.tune_cpu_allocator()  # our own process: keep activation buffers for reuse
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:

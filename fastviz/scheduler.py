@@ -20,7 +20,7 @@ from torch import nn
 from .errors import InputError
 from .hooks import HandleList
 
-__all__ = ["Plan", "default_budget", "parse_budget", "plan", "row_footprint"]
+__all__ = ["Plan", "default_budget", "parse_budget", "plan", "row_footprint", "tune_cpu_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,13 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 SAFETY = 2.0
 #: Cap on the default CPU budget.
 CPU_DEFAULT_CAP = 2 * 2**30
-#: On the CPU, a chunk's measured footprint is kept near the last-level cache: PilotNet's
-#: occlusion on a 2-core EPYC (32 MiB L3) ran 0.70 s in chunks of 64 rows (~64 MiB) and 2.4 s
-#: in one chunk of 1,872 rows, because each layer's activations no longer stay in cache
-#: (benchmarks/RESULTS.md). GPUs gain from chunks as large as the budget allows.
-CPU_CHUNK_BYTES = 64 * 2**20
+#: On the CPU, a chunk's measured footprint is kept within about half the last-level cache:
+#: PilotNet's occlusion (1,872 rows of ~1 MiB) on a 2-core EPYC with 32 MiB of L3 ran in
+#: 0.63-0.71 s in chunks of 16-48 rows, 0.86-0.99 s in chunks of 65 and 2.1-2.4 s in one chunk
+#: of 1,872, once a layer's activations spill out of the cache. Smaller chunks also keep the
+#: per-forward buffers small enough that glibc's malloc reuses them instead of returning them
+#: to the OS and faulting them back in. GPUs gain from chunks as large as the budget allows.
+CPU_CHUNK_BYTES = 16 * 2**20
 
 
 def _available_bytes(device: torch.device) -> int:
@@ -168,3 +170,37 @@ def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chu
     log.debug("plan: %d rows in %d passes of <= %d rows (%.1f KiB/row, budget %.0f MiB, predicted peak %.0f MiB)",
               rows, passes, chunk, row_bytes / 1024, budget / 2**20, p.predicted_peak_bytes / 2**20)
     return p
+
+
+def tune_cpu_allocator(trim_threshold: int = 2**30, mmap_threshold: int = 32 * 2**20) -> bool:
+    """Make glibc's malloc keep freed buffers in the process (Linux; opt-in, process-wide).
+
+    Between two forward passes on the CPU, PyTorch frees every activation buffer; by default
+    glibc returns such multi-MiB blocks to the OS, and the next pass page-faults them back in.
+    For occlusion's hundreds of small forward passes this costs more than the convolutions:
+    PilotNet's 1,872 windows took 0.79 s with glibc's defaults and 0.44 s after this call on a
+    2-core EPYC (benchmarks/RESULTS.md). It raises ``M_TRIM_THRESHOLD`` (free memory kept at the
+    top of the heap) to ``trim_threshold`` and ``M_MMAP_THRESHOLD`` (size above which a block
+    gets its own mapping) to ``mmap_threshold`` bytes (glibc caps it at 32 MiB), so the process
+    keeps up to ``trim_threshold`` bytes of freed memory for reuse.
+
+    fastviz's command line calls this for its own process; the library never changes allocator
+    settings by itself. The same effect from outside: ``MALLOC_TRIM_THRESHOLD_`` and
+    ``MALLOC_MMAP_THRESHOLD_`` environment variables, or jemalloc/tcmalloc via ``LD_PRELOAD``
+    as PyTorch's CPU performance guide suggests.
+
+    Returns
+    -------
+    bool
+        ``True`` if glibc accepted both settings; ``False`` where there is no glibc (nothing
+        is changed then).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, int(trim_threshold)))

@@ -52,3 +52,11 @@ def test_plan_arithmetic():
     assert scheduler.plan(net, row, rows=10, chunk=3).passes == 4
     with pytest.raises(InputError, match="chunk"):
         scheduler.plan(net, row, rows=10, chunk=0)
+
+
+def test_tune_cpu_allocator_is_accepted_by_glibc():
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("needs glibc")
+    assert scheduler.tune_cpu_allocator() is True
