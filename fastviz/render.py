@@ -444,7 +444,10 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
             if text:
                 (_, text_h), _ = cv2.getTextSize(str(text), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
                 org = (3, 3 + text_h)
-                cv2.putText(p, str(text), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+                # outline: the same text shifted by one pixel (a thicker stroke would also widen
+                # the Hershey glyph advance, and the outline would drift off the text)
+                for dx, dy in ((-1, -1), (-1, 1), (1, -1), (1, 1), (0, -1), (0, 1), (-1, 0), (1, 0)):
+                    cv2.putText(p, str(text), (org[0] + dx, org[1] + dy), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
                 cv2.putText(p, str(text), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return np.ascontiguousarray(np.concatenate(resized, axis=1))
 
