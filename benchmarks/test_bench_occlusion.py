@@ -23,7 +23,7 @@ import fastviz as fv
 from references import occlusion_loop
 
 WINDOWS, STRIDE = (8, 16, 32), 4
-PPE = (64, 256, 1024, 1733)
+PPE = (16, 32, 64, 256, 1733)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -40,17 +40,20 @@ def sync(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fastviz(benchmark, device):
+@pytest.mark.parametrize("chunk", [None, 1872], ids=["planned", "one-pass"])
+def test_fastviz(benchmark, device, chunk):
     model, x = setup(device)
     benchmark.group = f"occlusion-{device}"
     benchmark.extra_info.update(impl="fastviz", device=device, windows=1872)
+    if chunk is not None:
+        benchmark.extra_info["chunk"] = chunk
 
     def run():
-        out = fv.occlusion(model, x, windows=WINDOWS, stride=STRIDE)
+        out = fv.occlusion(model, x, windows=WINDOWS, stride=STRIDE, chunk_size=chunk)
         sync(device)
         return out
 
-    out = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    out = benchmark.pedantic(run, rounds=9, warmup_rounds=1)
     assert out.shape == (1, 66, 200)
 
 
@@ -65,7 +68,7 @@ def test_plain_loop(benchmark, device):
         sync(device)
         return out
 
-    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -86,5 +89,5 @@ def test_captum(benchmark, device, ppe):
         sync(device)
         return torch.stack(maps).mean(0)
 
-    out = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    out = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert out.shape == (1, 3, 66, 200)
