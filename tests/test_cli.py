@@ -18,32 +18,13 @@ import fastviz.data
 from fastviz import cli
 from fastviz.models import FramePreprocess, PilotNet
 
+from videofiles import decode_all, write_ffv1
+
 BUNDLED_LOG = fastviz.data.example_log_path()
 BUNDLED_WEIGHTS = Path(fastviz.models.__file__).parent / "weights" / "pilotnet-carracing.safetensors"
 
 #: Extra options that keep a method fast enough for a unit test on a 2-core CPU.
 FAST_OPTIONS = {"occlusion": ["--windows", "16,32", "--stride", "16"]}
-
-
-def write_ffv1(path: Path, frames: np.ndarray, fps: float = 50.0) -> Path:
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def decode_all(path: Path) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +38,7 @@ def assets(tmp_path_factory) -> dict:
     )
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(6, 96, 96, 3), dtype=np.uint8)
-    log = write_ffv1(root / "log.mkv", frames)
+    log = write_ffv1(root / "log.mkv", frames, fps=50.0)
     small = fastviz.models.save(PilotNet(preprocess=FramePreprocess(size=(32, 32))), root / "small.safetensors")
     return {
         "input": [] if BUNDLED_LOG.is_file() else [str(log)],  # [] = the default input: the bundled log
@@ -317,7 +298,7 @@ def test_bad_output_paths(assets, tmp_path, capsys):
 
 
 def test_output_may_not_overwrite_input(assets, tmp_path, capsys):
-    log = write_ffv1(tmp_path / "in.mkv", assets["stand_in_frames"][:2])
+    log = write_ffv1(tmp_path / "in.mkv", assets["stand_in_frames"][:2], fps=50.0)
     before = log.read_bytes()
     assert cli.main(["overlay", str(log), "--model", assets["stand_in_model"], "-o", str(log)]) == 2
     assert "overwrite" in one_error_line(capsys.readouterr().err)

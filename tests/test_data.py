@@ -7,26 +7,20 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-import fastviz.data
 from fastviz.data import EXAMPLE_LOG, example_log_path, load_drive_log
 from fastviz.errors import FastvizError, InputError, InputFileNotFoundError
+
+from videofiles import write_ffv1
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def write_log(stem: Path, frames: np.ndarray, steering, fps: float = 50.0) -> Path:
     """Reference writer (plain OpenCV + csv): RGB frames -> STEM.mkv (FFV1) + STEM.csv."""
-    video = stem.with_suffix(".mkv")
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
+    video = write_ffv1(stem.with_suffix(".mkv"), frames, fps=fps)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["frame", "time_s", "steering_rad"])

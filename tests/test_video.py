@@ -14,29 +14,7 @@ from fastviz import video
 from fastviz.errors import FastvizError, InputError, InputFileNotFoundError
 from fastviz.video import VideoSink, open_source
 
-
-def write_ffv1(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
-    """Reference writer (plain OpenCV, independent of VideoSink): RGB frames -> FFV1 .mkv."""
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def decode_all(path: Path) -> np.ndarray:
-    """Reference reader: every frame of a video, RGB."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return np.stack(frames) if frames else np.zeros((0,), np.uint8)
+from videofiles import decode_all, write_ffv1
 
 
 def random_frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
