@@ -60,3 +60,10 @@ def test_tune_cpu_allocator_is_accepted_by_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("needs glibc")
     assert scheduler.tune_cpu_allocator() is True
+
+
+def test_reserve_working_set_accepts_any_size_and_device():
+    # a performance hint: it must never fail, allocate on a GPU, or hold memory
+    for n in (0, -5, 1, 2**20, 2**40):
+        assert scheduler.reserve_working_set(n, "cpu") is None
+    assert scheduler.reserve_working_set(2**20, "meta") is None

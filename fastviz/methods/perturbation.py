@@ -366,6 +366,7 @@ def occlusion(
         clean_score = evaluate(tgt, clean, choice)
         base = make_baseline(baseline, x, blur_sigma)
         plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size)
+        scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
         scores = torch.empty(b * n, device=x.device, dtype=clean_score.dtype)
         for r0 in range(0, b * n, plan.chunk):
             rows = torch.arange(r0, min(r0 + plan.chunk, b * n), device=x.device)
