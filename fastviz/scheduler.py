@@ -203,7 +203,8 @@ def tune_cpu_allocator(trim_threshold: int = 2**30, mmap_threshold: int = 32 * 2
     glibc returns such multi-MiB blocks to the OS, and the next pass page-faults them back in.
     For occlusion's hundreds of small forward passes this costs more than the convolutions:
     PilotNet's 1,872 windows took 0.79 s with glibc's defaults and 0.44 s after this call on a
-    2-core EPYC (benchmarks/RESULTS.md). It raises ``M_TRIM_THRESHOLD`` (free memory kept at the
+    2-core EPYC (measured before occlusion reserved its working set itself, see
+    :func:`reserve_working_set`; benchmarks/RESULTS.md has both configurations). It raises ``M_TRIM_THRESHOLD`` (free memory kept at the
     top of the heap) to ``trim_threshold`` and ``M_MMAP_THRESHOLD`` (size above which a block
     gets its own mapping) to ``mmap_threshold`` bytes (glibc caps it at 32 MiB), so the process
     keeps up to ``trim_threshold`` bytes of freed memory for reuse.
