@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     opts = ov.add_argument_group("method options (passed on only when given)")
     opts.add_argument(
-        "--layer", metavar="NAME", help="grad_cam: layer by dotted name (default: the activation after the last conv)"
+        "--layer", metavar="NAME", help="grad_cam: target layer by dotted name (default: the model's cam_layer, "
+        "features.5 for PilotNet, else the activation after the last conv)"
     )
     opts.add_argument("--windows", type=_int_list, metavar="S,S,...", help="occlusion: window sizes, e.g. 8,16,32")
     opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
@@ -224,7 +225,7 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _method_options(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+def _method_options(args: argparse.Namespace) -> dict:
     """The method keywords given on the command line, checked against the method's signature."""
     try:
         from .methods.registry import get
@@ -270,7 +271,7 @@ def _overlay(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
     device = _device(args.device)
     model = fastviz.models.load(args.model, device)
-    opts = _method_options(args, model)
+    opts = _method_options(args)
     source = open_source(args.input, fps=args.fps)
     if source.path.resolve() == output.resolve():
         raise InputError(f"output {output} would overwrite the input")
@@ -279,8 +280,9 @@ def _overlay(args: argparse.Namespace) -> int:
     scale = args.scale or max(1, AUTO_SCALE_TARGET // max(height, width))
     look = dict(region=region, scale=scale, alpha=args.alpha, colormap=args.colormap, clip=args.clip)
 
-    def saliency(frames: np.ndarray) -> np.ndarray:
-        x = model.preprocess(frames)
+    def saliency(frames: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
+        if x is None:
+            x = model.preprocess(frames)
         maps = fastviz.explain(model, x, method=args.method, **opts)
         return maps.detach().float().cpu().numpy()
 
@@ -298,7 +300,7 @@ def _overlay(args: argparse.Namespace) -> int:
             raise InputError(
                 f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
             ) from None
-        first_maps = saliency(first)
+        first_maps = saliency(first, x)
         picture = rd.render(first[0], first_maps[0], args.layout, **look)
 
         total = source.frame_count

@@ -7,7 +7,7 @@ removed when the block ends, also when the model raises (the pattern of zennit's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -17,10 +17,13 @@ from .errors import InputError, UnknownNameError
 
 __all__ = [
     "HandleList",
+    "as_layers",
     "check_input",
     "execution_order",
     "find_layer",
     "layer_name",
+    "leaf_modules",
+    "model_device",
     "model_guard",
 ]
 
@@ -31,7 +34,8 @@ class HandleList(list):
     ``__exit__`` returns ``False``: exceptions from the block propagate unchanged.
     """
 
-    def remove(self) -> None:  # type: ignore[override]
+    def remove_all(self) -> None:
+        """Remove every hook in the list (and empty it)."""
         while self:
             self.pop().remove()
 
@@ -39,8 +43,13 @@ class HandleList(list):
         return self
 
     def __exit__(self, *exc_info) -> bool:
-        self.remove()
+        self.remove_all()
         return False
+
+
+def leaf_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that have no children, in registration order."""
+    return [m for m in model.modules() if next(iter(m.children()), None) is None]
 
 
 def find_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -94,9 +103,8 @@ def execution_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Mod
         if isinstance(output, torch.Tensor):
             seen.append((names[module], module, inp, output))
 
-    leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
     with HandleList() as handles, torch.no_grad():
-        handles.extend(m.register_forward_hook(record) for m in leaves)
+        handles.extend(m.register_forward_hook(record) for m in leaf_modules(model))
         model(x)
     return seen
 
@@ -159,7 +167,8 @@ def check_input(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
     Raises
     ------
     InputError
-        For a non-tensor, a wrong rank, an empty batch, a non-float dtype or a device mismatch.
+        For a non-tensor, a wrong rank, an empty batch, a non-float dtype, a dtype other than the
+        model's floating-point parameters', or a device mismatch.
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
@@ -172,6 +181,9 @@ def check_input(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
     device = model_device(model)
     if device is not None and device != x.device:
         raise InputError(f"{name} is on {x.device} but the model is on {device}; move one of them")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and dtype != x.dtype:
+        raise InputError(f"{name} is {x.dtype} but the model's parameters are {dtype}; convert one of them")
 
 
 def as_layers(model: nn.Module, layers: Sequence[nn.Module | str] | nn.Module | str) -> list[nn.Module]:
@@ -181,4 +193,3 @@ def as_layers(model: nn.Module, layers: Sequence[nn.Module | str] | nn.Module | 
     return [find_layer(model, layer) for layer in layers]
 
 
-HookFn = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .hooks import HandleList
+from .hooks import HandleList, leaf_modules
 
 __all__ = ["Plan", "default_budget", "parse_budget", "plan", "reserve_working_set", "row_footprint", "tune_cpu_allocator"]
 
@@ -114,9 +114,8 @@ def row_footprint(model: nn.Module, row: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             total += output.numel() * output.element_size()
 
-    leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
     with HandleList() as handles, torch.no_grad():
-        handles.extend(m.register_forward_hook(add) for m in leaves)
+        handles.extend(m.register_forward_hook(add) for m in leaf_modules(model))
         model(row)
     return int(total)
 
@@ -152,15 +151,23 @@ def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chu
         Total number of rows to push through the model.
     memory_budget : see :func:`parse_budget`
     chunk : int, optional
-        Fixed chunk size (skips the probe), e.g. to compare with a peer's batch setting.
+        Fixed chunk size, e.g. to compare with a peer's batch setting.
+
+    Returns
+    -------
+    Plan
+        Chunk size, number of forward passes, measured bytes per row and the budget.
+
+    Raises
+    ------
+    InputError
+        For a malformed budget or a chunk size below 1.
     """
     budget = parse_budget(memory_budget, row.device)
-    if chunk is not None:
-        if chunk < 1:
-            raise InputError(f"chunk size must be >= 1, got {chunk}")
-        row_bytes = row.numel() * row.element_size()
-    else:
-        row_bytes = row_footprint(model, row)
+    if chunk is not None and chunk < 1:
+        raise InputError(f"chunk size must be >= 1, got {chunk}")
+    row_bytes = row_footprint(model, row)
+    if chunk is None:
         chunk = max(1, int(budget // (row_bytes * SAFETY)))
         if row.device.type == "cpu":
             chunk = min(chunk, max(1, CPU_CHUNK_BYTES // row_bytes))
@@ -189,6 +196,14 @@ def reserve_working_set(nbytes: int, device: torch.device | str) -> None:
     to 0.49 s on a 2-core EPYC (benchmarks/RESULTS.md). This is what any process that once
     freed a tensor of that size gets; it retains at most 64 MiB. The block is never written
     (no page is touched). A no-op on GPUs, where PyTorch's caching allocator pools memory.
+
+    Parameters
+    ----------
+    nbytes : int
+        The chunk loop's working set in bytes (e.g. ``Plan.predicted_peak_bytes``); blocks
+        above 32 MiB are clipped to it (glibc adapts no further).
+    device : torch device
+        Where the chunks run.
     """
     if torch.device(device).type != "cpu" or nbytes <= 0:
         return
@@ -209,8 +224,9 @@ def tune_cpu_allocator(trim_threshold: int = 2**30, mmap_threshold: int = 32 * 2
     gets its own mapping) to ``mmap_threshold`` bytes (glibc caps it at 32 MiB), so the process
     keeps up to ``trim_threshold`` bytes of freed memory for reuse.
 
-    fastviz's command line calls this for its own process; the library never changes allocator
-    settings by itself. The same effect from outside: ``MALLOC_TRIM_THRESHOLD_`` and
+    fastviz's command line calls this for its own process; the library itself never calls
+    ``mallopt`` (occlusion only relies on glibc's own adaptation, see
+    :func:`reserve_working_set`). The same effect from outside: ``MALLOC_TRIM_THRESHOLD_`` and
     ``MALLOC_MMAP_THRESHOLD_`` environment variables, or jemalloc/tcmalloc via ``LD_PRELOAD``
     as PyTorch's CPU performance guide suggests.
 

@@ -13,6 +13,7 @@ same scalar function on the clean and the masked frame, so these targets split i
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,6 +39,11 @@ class Target:
 
 
 def _flat(output: torch.Tensor) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise InputError(
+            f"the model returns a {type(output).__name__}, not a tensor: give target= a callable that "
+            "maps the model's output to one score per sample"
+        )
     if output.ndim == 0:
         raise InputError("the model's output is a scalar; a target needs one output row per sample (B, ...)")
     return output.reshape(output.shape[0], -1)
@@ -75,6 +81,10 @@ class Class(Target):
     """
 
     def __init__(self, k: int | Sequence[int] | torch.Tensor) -> None:
+        if isinstance(k, torch.Tensor) and k.ndim == 0:
+            k = int(k)
+        elif isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            k = int(k)  # numpy integers too
         self.k = k if isinstance(k, int) else torch.as_tensor(k, dtype=torch.long)
 
     def bind(self, output: torch.Tensor) -> torch.Tensor:
@@ -169,11 +179,11 @@ def as_target(target: Target | Callable[[torch.Tensor], torch.Tensor] | int | No
     :class:`Output` for a one-output one; a :class:`Target` or any callable unchanged.
     """
     if target is None:
-        return default_target(output)
+        return default_target(output)  # raises InputError for a non-tensor output
     if isinstance(target, bool):
         raise InputError(f"target must be a Target, a callable or a class index, got {target!r}")
-    if isinstance(target, int):
-        return Output(target) if _flat(output).shape[1] == 1 else Class(target)
+    if isinstance(target, numbers.Integral):
+        return Output(int(target)) if _flat(output).shape[1] == 1 else Class(int(target))
     if not callable(target):
         raise InputError(f"target must be a Target, a callable or a class index, got {type(target).__name__}")
     return target
@@ -184,16 +194,18 @@ def bind(target: Callable, clean_output: torch.Tensor) -> torch.Tensor | None:
     return target.bind(clean_output) if isinstance(target, Target) else None
 
 
-def evaluate(target: Callable, output: torch.Tensor, choice: torch.Tensor | None) -> torch.Tensor:
-    """Score ``output`` (rows of any samples) with per-row ``choice`` (from :func:`bind`).
+def evaluate(target: Callable, output, choice: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """Score ``output`` of ``batch`` rows (rows of any samples) with per-row ``choice`` (from
+    :func:`bind`). ``output`` is whatever the model returns; a plain callable target may take
+    apart a tuple or dict output itself.
 
     Raises
     ------
     InputError
-        If the callable does not return one score per row.
+        If the target does not return one score per row, shape ``(batch,)``.
     """
     scores = target.score(output, choice) if isinstance(target, Target) else target(output)
-    if not isinstance(scores, torch.Tensor) or scores.shape != (output.shape[0],):
+    if not isinstance(scores, torch.Tensor) or scores.shape != (batch,):
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise InputError(f"target must return one score per sample, shape ({output.shape[0]},), got {shape}")
+        raise InputError(f"target must return one score per sample, shape ({batch},), got {shape}")
     return scores

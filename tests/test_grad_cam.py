@@ -134,3 +134,28 @@ def test_errors(convnet, frames):
     with pytest.raises(InputError, match="more than once"):
         fv.grad_cam(shared, frames, layer="conv")
     assert torch.is_grad_enabled()
+
+
+def test_inference_mode_is_a_clear_error(convnet, frames):
+    with torch.inference_mode(), pytest.raises(InputError, match="inference_mode"):
+        fv.grad_cam(convnet, frames, layer="3")
+
+
+def test_tuple_output_with_a_target(frames):
+    net = materialise(small_convnet(classes=2), frames[:1])
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = net
+
+        def forward(self, x):
+            out = self.body(x)
+            return out[:, :1], out[:, 1:]
+
+    two = TwoHeads().eval()
+    got = fv.grad_cam(two, frames, layer="body.3", target=lambda out: out[1][:, 0], upsample=False)
+    want = grad_cam_split(net[:4], net[4:], frames, lambda out: out[:, 1])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="not a tensor"):
+        fv.grad_cam(two, frames, layer="body.3")

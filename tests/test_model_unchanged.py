@@ -12,15 +12,20 @@ import fastviz as fv
 
 
 class Boom(nn.Module):
-    """Raises in the middle of the forward pass once armed and given more than one row."""
+    """Once armed: raises in the middle of the forward pass on its ``after``-th call with more
+    than one row (occlusion: inside the chunk loop, after its clean pass and first chunks)."""
 
     def __init__(self):
         super().__init__()
         self.armed = False
+        self.after = 1
+        self.calls = 0
 
     def forward(self, x):
         if self.armed and x.shape[0] > 1:
-            raise RuntimeError("boom")
+            self.calls += 1
+            if self.calls >= self.after:
+                raise RuntimeError("boom")
         return x
 
 
@@ -69,13 +74,19 @@ def test_model_unchanged_after_success(method, train):
 
 
 @pytest.mark.parametrize("method", fv.methods())
-def test_model_unchanged_when_the_model_raises(method):
+@pytest.mark.parametrize("after", [1, 3], ids=["first-pass", "third-pass"])
+def test_model_unchanged_when_the_model_raises(method, after):
     model = net(train=True)
     model[5].armed = True
+    model[5].after = after
     before = snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        # occlusion's clean pass has 2 rows too; every method reaches Boom mid-forward
-        fv.explain(model, torch.rand(2, 3, 16, 16), method=method)
+    kwargs = {"chunk_size": 4} if method == "occlusion" else {}  # several chunks: Boom fires inside the loop
+    try:
+        fv.explain(model, torch.rand(2, 3, 16, 16), method=method, **kwargs)
+    except RuntimeError as exc:
+        assert "boom" in str(exc)
+    else:
+        assert after > 1, "a method that runs one multi-row forward pass must reach Boom on its first call"
     assert_same(before, snapshot(model))
     assert torch.is_grad_enabled()
 
@@ -92,3 +103,5 @@ def test_registry_lists_the_foundation_methods():
     assert {"occlusion", "visual_backprop", "grad_cam"} <= set(fv.methods())
     with pytest.raises(fv.errors.UnknownNameError, match="registered methods"):
         fv.explain(net(), torch.rand(1, 3, 16, 16), method="lime")
+    with pytest.raises(fv.errors.InputError, match="takes no option 'windows'; its options are: layers"):
+        fv.explain(net(), torch.rand(1, 3, 16, 16), method="visual_backprop", windows=(4,))

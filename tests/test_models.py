@@ -236,3 +236,34 @@ def test_bundled_model_drives_the_held_out_log():
     # the sign is right: left turns predicted left, right turns right
     big = np.abs(log.steering) > 0.1
     assert np.mean(np.sign(pred[big]) == np.sign(log.steering[big])) > 0.9
+
+
+@pytest.mark.parametrize(
+    "meta,match",
+    [
+        ({"crop": "[0, 0.875, 0]"}, "crop must be 4 numbers"),
+        ({"crop": '["a", 1, 0, 1]'}, "crop must be 4 numbers"),
+        ({"input_size": "[66.5, 200]"}, "two positive ints"),
+        ({"input_size": "not json"}, "malformed preprocessing metadata"),
+    ],
+)
+def test_load_malformed_metadata(tmp_path, meta, match):
+    state = {k: v.contiguous() for k, v in fvm.PilotNet().state_dict().items()}
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path), metadata={"architecture": "PilotNet", **meta})
+    with pytest.raises(InputError, match=match):
+        fvm.load(path)
+
+
+def test_save_failure_leaves_no_file(tmp_path):
+    target = tmp_path / "missing-folder" / "m.safetensors"
+    with pytest.raises(OSError):
+        fvm.save(fvm.PilotNet(), target)
+    assert not target.parent.exists() or not any(target.parent.iterdir())
+
+
+def test_metadata_of_a_corrupt_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot read model weights"):
+        fvm.metadata(path)

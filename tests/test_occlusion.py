@@ -56,6 +56,16 @@ def test_blur_baseline_matches_loop_with_blurred_fill(convnet, frames):
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
 
 
+def test_blur_matches_opencv_gaussian_blur():
+    cv2 = pytest.importorskip("cv2")
+    torch.manual_seed(4)
+    img = torch.rand(1, 3, 40, 50)
+    got = blur(img, 2.0)[0].permute(1, 2, 0).numpy()
+    # same kernel (radius ceil(3 sigma) = 6) and reflected borders (torch "reflect" = BORDER_REFLECT_101)
+    want = cv2.GaussianBlur(img[0].permute(1, 2, 0).numpy(), (13, 13), 2.0, borderType=cv2.BORDER_REFLECT_101)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_blur_is_a_normalised_gaussian():
     img = torch.zeros(1, 1, 21, 21)
     img[0, 0, 10, 10] = 1.0
@@ -169,6 +179,7 @@ def test_gaps_of_a_stride_larger_than_the_window_take_the_covering_scales_mean()
         (dict(baseline=torch.zeros(5)), "broadcast"),
         (dict(memory_budget="lots"), "memory budget"),
         (dict(target="steer"), "target"),
+        (dict(baseline="blur", blur_sigma=-1.0), "blur_sigma"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(convnet, frames, kwargs, match):
@@ -216,3 +227,60 @@ def test_masked_batch_keeps_channels_last():
     base = x.mean(dim=(2, 3), keepdim=True)
     out = masked_batch(x, torch.tensor([0, 1, 1]), torch.tensor([[0, 0, 2, 2]] * 3), base)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_per_sample_top_class_with_several_frames():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    x = torch.rand(3, 3, 12, 12)
+    net(x)
+    net.eval()
+    top = net(x).argmax(1)
+    got = fv.occlusion(net, x, windows=(4,), stride=4)
+    for i in range(3):
+        want = occlusion_loop(net, x[i : i + 1], windows=(4,), stride=4, target=lambda clean, out, k=int(top[i]): float(out[0, k]))
+        torch.testing.assert_close(got[i : i + 1].double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_model_with_tuple_output_needs_a_target(frames):
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            h = self.conv(x).mean(dim=(2, 3))
+            return h[:, :1], h[:, 1:]  # (steering, throttle)
+
+    net = TwoHeads().eval()
+    with pytest.raises(InputError, match="returns a tuple, not a tensor"):
+        fv.occlusion(net, frames)
+    got = fv.occlusion(net, frames, windows=(5,), stride=4, target=lambda out: out[1][:, 0])
+    single = torch.nn.Sequential()  # the same head as a one-output model, for the reference loop
+    single.forward = lambda x: net(x)[1]
+    torch.testing.assert_close(got.double(), occlusion_loop(single, frames, windows=(5,), stride=4), rtol=1e-4, atol=1e-6)
+
+
+def test_float64_model_and_input(convnet, frames):
+    net64 = convnet.double()
+    got = fv.occlusion(net64, frames.double(), windows=(5,), stride=4)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), occlusion_loop(net64, frames.double(), windows=(5,), stride=4), rtol=1e-6, atol=1e-9)
+    with pytest.raises(InputError, match="float32 but the model's parameters are torch.float64"):
+        fv.occlusion(net64, frames)
+
+
+def test_numpy_integers_are_accepted(convnet, frames):
+    ref = fv.occlusion(convnet, frames, windows=(4, 6), stride=3)
+    got = fv.occlusion(convnet, frames, windows=np.array([4, 6]), stride=np.int64(3))
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(InputError, match="positive int"):
+        fv.occlusion(convnet, frames, windows=(4.5,))
+
+
+def test_runs_inside_inference_mode(convnet, frames):
+    ref = fv.occlusion(convnet, frames, windows=(6,), stride=4)
+    with torch.inference_mode():
+        got = fv.occlusion(convnet, frames, windows=(6,), stride=4)
+    torch.testing.assert_close(got, ref)

@@ -49,7 +49,8 @@ def test_plan_arithmetic():
     cap = scheduler.CPU_CHUNK_BYTES // per_row  # CPU: cache-sized chunks even under a big budget
     assert scheduler.plan(net, row, rows=10**9, memory_budget="64GiB").chunk == cap
     assert scheduler.plan(net, row, rows=10, memory_budget=1).chunk == 1  # at least one row
-    assert scheduler.plan(net, row, rows=10, chunk=3).passes == 4
+    fixed = scheduler.plan(net, row, rows=10, chunk=3)
+    assert (fixed.passes, fixed.row_bytes) == (4, per_row)  # the footprint is measured either way
     with pytest.raises(InputError, match="chunk"):
         scheduler.plan(net, row, rows=10, chunk=0)
 
@@ -62,8 +63,43 @@ def test_tune_cpu_allocator_is_accepted_by_glibc():
     assert scheduler.tune_cpu_allocator() is True
 
 
-def test_reserve_working_set_accepts_any_size_and_device():
-    # a performance hint: it must never fail, allocate on a GPU, or hold memory
-    for n in (0, -5, 1, 2**20, 2**40):
+_MALLINFO = """
+import ctypes, sys, torch
+from fastviz import scheduler
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "reserve":
+    scheduler.reserve_working_set(32 * 2**20, "cpu")
+before = libc.mallinfo2().hblkhd
+block = torch.empty(16 * 2**20, dtype=torch.uint8)  # 16 MiB: mapped separately by default
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+def test_reserve_working_set_moves_chunk_buffers_into_the_heap():
+    """In a fresh process, a 16 MiB buffer gets its own mapping under glibc's defaults (and is
+    unmapped again when freed); after reserve_working_set it comes from the heap, for reuse."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("needs glibc")
+
+    def mapped_bytes(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _MALLINFO, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    assert mapped_bytes("default") >= 16 * 2**20
+    assert mapped_bytes("reserve") == 0
+
+
+def test_reserve_working_set_is_a_no_op_elsewhere():
+    for n in (0, -5):
         assert scheduler.reserve_working_set(n, "cpu") is None
     assert scheduler.reserve_working_set(2**20, "meta") is None

@@ -40,6 +40,10 @@ def test_output_class_topclass():
     torch.testing.assert_close(targets.Class(1)(out), torch.tensor([5.0, 0.0]))
     torch.testing.assert_close(targets.Class([2, 0])(out), torch.tensor([2.0, 7.0]))
     torch.testing.assert_close(targets.TopClass()(out), torch.tensor([5.0, 7.0]))
+    import numpy as np
+
+    torch.testing.assert_close(targets.Class(np.int64(1))(out), torch.tensor([5.0, 0.0]))  # integer-like: one class
+    torch.testing.assert_close(targets.Class(torch.tensor(2))(out), torch.tensor([2.0, -1.0]))
     assert targets.TopClass().bind(out).tolist() == [1, 0]
 
 
@@ -61,7 +65,8 @@ def test_defaults_and_coercion():
         (lambda: targets.Class([0, 1, 2])(torch.zeros(2, 3)), "3 classes for 2 samples"),
         (lambda: targets.Steering(threshold_deg=-1), "threshold"),
         (lambda: targets.as_target("left", torch.zeros(2, 1)), "target must be"),
-        (lambda: targets.evaluate(lambda o: o, torch.zeros(2, 3), None), r"one score per sample"),
+        (lambda: targets.evaluate(lambda o: o, torch.zeros(2, 3), None, 2), r"one score per sample"),
+        (lambda: targets.as_target(None, (torch.zeros(2, 1), torch.zeros(2, 3))), "not a tensor"),
     ],
 )
 def test_errors(call, match):

@@ -38,19 +38,28 @@ def layer_activation_and_gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Activation ``A`` of ``layer``, ``dscore/dA``, and the model output, for each sample.
 
+    Parameters
+    ----------
+    model, x : as in :func:`grad_cam`
+    layer : nn.Module
+        The target layer, a submodule of ``model``.
+    target : as in :func:`grad_cam`
+
     Returns
     -------
     A, G : Tensor (B, ...)
         The layer's output and the gradient of each sample's target score with respect to it.
-    output : Tensor (B, ...)
-        The model's output (detached).
+    output : Tensor (B, ...) or what the model returns
+        The model's output (detached where it is a tensor).
 
     Raises
     ------
     InputError
         If the layer does not run exactly once, does not return a tensor, or does not
-        influence the target.
+        influence the target; or when called inside ``torch.inference_mode()``.
     """
+    if torch.is_inference_mode_enabled():
+        raise InputError("Grad-CAM needs autograd, which torch.inference_mode() switches off: call it outside inference mode")
     captured: list[torch.Tensor] = []
     grad_mode = torch.is_grad_enabled()
 
@@ -72,8 +81,9 @@ def layer_activation_and_gradient(
         if not captured:
             raise InputError(f"target layer {layer_name(model, layer)!r} did not run in the forward pass")
         (activation,) = captured
-        tgt = as_target(target, output.detach())
-        scores = evaluate(tgt, output, bind(tgt, output.detach()))
+        clean = output.detach() if isinstance(output, torch.Tensor) else output
+        tgt = as_target(target, clean)
+        scores = evaluate(tgt, output, bind(tgt, clean), x.shape[0])
         if not scores.requires_grad:
             raise InputError(f"the target does not depend on layer {layer_name(model, layer)!r}")
         (grad,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
@@ -81,7 +91,7 @@ def layer_activation_and_gradient(
             raise InputError(f"the target does not depend on layer {layer_name(model, layer)!r}")
     finally:
         torch.set_grad_enabled(grad_mode)
-    return activation.detach(), grad, output.detach()
+    return activation.detach(), grad, clean
 
 
 def _cam(model, x, layer, target, upsample: bool, weigh: Weigher) -> torch.Tensor:
@@ -152,7 +162,7 @@ def grad_cam(
     ------
     InputError
         For a malformed ``x`` or target, a layer that does not output ``(B, K, h, w)``, runs
-        more than once, or does not influence the target.
+        more than once, or does not influence the target; inside ``torch.inference_mode()``.
     UnknownNameError
         For a layer name the model does not have.
     """

@@ -16,6 +16,8 @@ at exactly zero.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -74,10 +76,12 @@ class WindowGrid:
 def _pair(value, what: str) -> tuple[int, int]:
     if isinstance(value, bool):
         raise InputError(f"{what} must be a positive int or (height, width), got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         value = (value, value)
     try:
-        h, w = (int(v) for v in value)
+        h, w = (operator.index(v) for v in value)  # ints, numpy ints; not floats
+        if isinstance(h, bool) or isinstance(w, bool):
+            raise TypeError
     except (TypeError, ValueError):
         raise InputError(f"{what} must be a positive int or (height, width), got {value!r}") from None
     if h < 1 or w < 1:
@@ -103,9 +107,13 @@ def window_grids(height: int, width: int, windows: Sequence | int, stride) -> li
     stride : int or (sy, sx)
         Pixels between the top-left corners of neighbouring windows.
     """
-    if isinstance(windows, int) and not isinstance(windows, bool):
+    if isinstance(windows, numbers.Integral) and not isinstance(windows, bool):
         windows = [windows]  # one square scale; a tuple of ints is several square scales
-    if not isinstance(windows, (list, tuple)) or not windows:
+    try:
+        windows = list(windows)  # lists, tuples, numpy arrays
+    except TypeError:
+        windows = []
+    if not windows or isinstance(windows[0], str):
         raise InputError(f"windows must be a non-empty sequence of sizes, got {windows!r}")
     sy, sx = _pair(stride, "stride")
     grids = []
@@ -163,6 +171,8 @@ def make_baseline(baseline, x: torch.Tensor, blur_sigma: float | None = None) ->
             return x.mean(dim=(2, 3), keepdim=True)
         if baseline == "blur":
             sigma = blur_sigma if blur_sigma is not None else min(h, w) / 4.0
+            if not sigma > 0:
+                raise InputError(f"blur_sigma must be > 0 pixels, got {blur_sigma!r}")
             return blur(x, float(sigma))
         raise InputError(f"unknown baseline {baseline!r}: use a number, 'mean', 'blur' or a tensor")
     if isinstance(baseline, torch.Tensor):
@@ -255,24 +265,27 @@ def combine_scales(maps: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
     return maps.sum(dim=1) / n
 
 
-def _fast_layout(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input layout the chunks use, and the clean output computed in it.
+def _fast_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory layout the clean pass and every chunk will use.
 
     On the CPU, channels-last input runs oneDNN's convolutions about twice as fast as the
     standard layout (PilotNet: 0.21 vs 0.40 ms per row in chunks of 16; benchmarks/RESULTS.md).
-    Models whose forward calls ``.view`` on activations reject channels-last tensors, so if the
-    clean pass raises in that layout it is run again in the standard one (and a real error then
-    propagates from there). The clean and masked passes always share one layout, so a window
-    that changes nothing scores exactly zero.
+    Models whose forward calls ``.view`` on activations reject channels-last tensors, so a
+    one-row probe decides: if the model raises a ``RuntimeError`` (other than out-of-memory) on
+    one channels-last row, the standard layout is used, and any real error then surfaces from
+    the clean pass. The clean and masked passes share one layout, so a window that changes
+    nothing scores exactly zero.
     """
-    if x.device.type == "cpu" and x.ndim == 4:
+    if x.device.type == "cpu":
         fast = x.contiguous(memory_format=torch.channels_last)
         try:
-            return fast, model(fast)
+            model(fast[:1])
+            return fast
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError:
             pass
-    x = x.contiguous()
-    return x, model(x)
+    return x.contiguous()
 
 
 @register("occlusion")
@@ -327,9 +340,11 @@ def occlusion(
         Signed change, or its absolute value.
     memory_budget : str, int, float or None
         Bytes the chunks may use (``"512MiB"``, a byte count, a fraction of free memory);
-        default: :func:`fastviz.scheduler.default_budget`.
+        default: :func:`fastviz.scheduler.default_budget`. On the CPU, chunks are also kept
+        cache-sized (:data:`fastviz.scheduler.CPU_CHUNK_BYTES`), which is faster there than the
+        largest chunk the budget allows.
     chunk_size : int, optional
-        Rows per forward pass, overriding the budget's plan.
+        Rows per forward pass, overriding the plan.
     blur_sigma : float, optional
         Standard deviation in pixels of the ``"blur"`` baseline.
 
@@ -343,6 +358,13 @@ def occlusion(
     ------
     InputError
         For a malformed ``x``, windows, stride, baseline, score, target or budget.
+
+    Notes
+    -----
+    On the CPU, the chunks are fed to the model channels-last (the model itself is not
+    converted; see ``_fast_layout``), and :func:`fastviz.scheduler.reserve_working_set` lets
+    glibc's malloc keep the chunk's working set between forward passes — a process-wide
+    effect (at most 64 MiB retained) that any program freeing a block of that size gets.
 
     Examples
     --------
@@ -360,10 +382,11 @@ def occlusion(
     boxes = torch.cat([g.boxes(x.device) for g in grids])
     n = boxes.shape[0]
     with model_guard(model), torch.no_grad():
-        x, clean = _fast_layout(model, x)
+        x = _fast_layout(model, x)
+        clean = model(x)
         tgt = as_target(target, clean)
         choice = bind(tgt, clean)
-        clean_score = evaluate(tgt, clean, choice)
+        clean_score = evaluate(tgt, clean, choice, b)
         base = make_baseline(baseline, x, blur_sigma)
         plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size)
         scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
@@ -372,7 +395,9 @@ def occlusion(
             rows = torch.arange(r0, min(r0 + plan.chunk, b * n), device=x.device)
             frame = torch.div(rows, n, rounding_mode="floor")
             out = model(masked_batch(x, frame, boxes[rows - frame * n], base))
-            scores[r0: r0 + rows.numel()] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame])
+            scores[r0: r0 + rows.numel()] = clean_score[frame] - evaluate(
+                tgt, out, None if choice is None else choice[frame], rows.numel()
+            )
     if score == "abs":
         scores.abs_()
     return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()

@@ -6,11 +6,12 @@ method is exposed and tested by registering it (the pattern of timm's ``register
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
-from ..errors import UnknownNameError
+from ..errors import InputError, UnknownNameError
 
 __all__ = ["explain", "get", "methods", "register"]
 
@@ -71,5 +72,13 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", 
     ------
     UnknownNameError
         For an unregistered ``method``.
+    InputError
+        For an option the method does not take.
     """
-    return get(method)(model, x, **kwargs)
+    fn = get(method)
+    accepted = inspect.signature(fn).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        options = ", ".join(n for n in accepted if n not in ("model", "x"))
+        raise InputError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; its options are: {options}")
+    return fn(model, x, **kwargs)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..hooks import HandleList, as_layers, check_input, model_guard
+from ..hooks import HandleList, as_layers, check_input, leaf_modules, model_guard
 from ._layers import ACTIVATIONS, continues_chain
 from .registry import register
 
@@ -117,6 +117,10 @@ def visual_backprop(
     normalise each map to [0, 1]. Where pooling sits between two convs, the upscaled map is
     resized bilinearly to the shallower map's size after the transposed convolution.
 
+    The method is defined for networks whose convs form one chain (PilotNet, VGG-like nets).
+    On a branched network (a ResNet's shortcut convs) the convs are still taken in execution
+    order; give ``layers=`` with the main path's convs there.
+
     Source: Bojarski et al., "VisualBackProp: efficient visualization of CNNs",
     arXiv 1611.05418 (2016).
 
@@ -150,7 +154,7 @@ def visual_backprop(
     if not convs:
         raise InputError(f"{type(model).__name__} has no nn.Conv2d layer for VisualBackProp")
     maps = _MeanMaps(convs)
-    leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
+    leaves = leaf_modules(model)
     with model_guard(model), HandleList() as handles, torch.no_grad():
         handles.extend(m.register_forward_pre_hook(maps.pre) for m in leaves)
         handles.extend(m.register_forward_hook(maps.post) for m in leaves)

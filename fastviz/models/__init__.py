@@ -13,13 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError, InputFileNotFoundError, UnknownNameError
 from .pilotnet import FramePreprocess, PilotNet
 
-__all__ = ["FramePreprocess", "PilotNet", "available", "load", "save"]
+__all__ = ["FramePreprocess", "PilotNet", "available", "load", "metadata", "save"]
 
 #: Bundled trained models: name -> file inside ``fastviz/models/weights``.
 _BUNDLED = {"pilotnet-carracing": "pilotnet-carracing.safetensors"}
@@ -47,6 +47,15 @@ def save(model: PilotNet, path: str | os.PathLike, **metadata: str) -> Path:
     -------
     pathlib.Path
         The path written.
+
+    Raises
+    ------
+    InputError
+        For a model of an architecture :func:`load` does not know.
+    InputFileNotFoundError
+        If the folder does not exist.
+    OSError
+        If the file cannot be written (nothing is left behind).
     """
     path = Path(path)
     arch = type(model).__name__
@@ -60,18 +69,34 @@ def save(model: PilotNet, path: str | os.PathLike, **metadata: str) -> Path:
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    if not path.parent.is_dir():
+        raise InputFileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except SafetensorError as exc:
+        raise OSError(f"cannot write {path}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def metadata(name_or_path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata stored in a bundled model's or a weights file's header."""
-    path = _resolve(name_or_path)
-    from safetensors import safe_open
+    """The string metadata stored in a bundled model's or a weights file's header.
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    Raises
+    ------
+    UnknownNameError, InputFileNotFoundError
+        As :func:`load`.
+    InputError
+        If the file is not a readable safetensors file.
+    """
+    path = _resolve(name_or_path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read model weights {path}: {exc}") from None
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:
@@ -118,11 +143,8 @@ def load(name_or_path: str | os.PathLike = "pilotnet-carracing", device: torch.d
         If the file is not a readable safetensors file of a known architecture.
     """
     path = _resolve(name_or_path)
+    meta = metadata(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"cannot read model weights {path}: {exc}") from None
@@ -134,7 +156,7 @@ def load(name_or_path: str | os.PathLike = "pilotnet-carracing", device: torch.d
             size=tuple(json.loads(meta.get("input_size", "[66, 200]"))),
             crop=tuple(json.loads(meta.get("crop", "[0, 1, 0, 1]"))),
         )
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: malformed preprocessing metadata: {exc}") from None
     model = _ARCHITECTURES[arch](preprocess=transform)
     try:

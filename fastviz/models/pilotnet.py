@@ -34,11 +34,13 @@ class FramePreprocess:
     crop: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
+        if len(self.crop) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.crop):
+            raise InputError(f"crop must be 4 numbers (top, bottom, left, right), got {self.crop!r}")
         top, bottom, left, right = self.crop
         if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
             raise InputError(f"crop must satisfy 0 <= top < bottom <= 1 and 0 <= left < right <= 1, got {self.crop}")
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise InputError(f"size must be (height, width) with positive entries, got {self.size}")
+        if len(self.size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.size):
+            raise InputError(f"size must be (height, width), two positive ints, got {self.size!r}")
 
     def region(self, height: int, width: int) -> tuple[int, int, int, int]:
         """Pixel box ``(y0, y1, x0, x1)`` of a ``height x width`` frame that the model sees."""
