@@ -16,6 +16,8 @@ the writing block ends without an exception, so no half-written output is ever l
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import re
@@ -66,36 +68,25 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     frames : numpy.ndarray
         uint8, shape (N, H, W, 3), RGB.
     fps : float
-        Frames per second from the container (0.0 if it does not say).
+        Frames per second from the container (25 if it does not say).
 
     Raises
     ------
     InputFileNotFoundError
         If ``path`` does not exist.
     InputError
-        If ``path`` is not a video OpenCV can decode, or holds no frame.
+        If ``path`` is not a video OpenCV can decode, holds no frame, changes frame size, or
+        ends well before the frame count its container announces (truncated).
     """
     path = Path(path)
     if not path.exists():
         raise InputFileNotFoundError(f"video not found: {path}")
     if not path.is_file():
         raise InputError(f"not a video file: {path}")
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise InputError(f"cannot open video {path}: not a video format OpenCV can decode")
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        frames = []
-        while max_frames is None or len(frames) < max_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if not frames:
-        raise InputError(f"video {path} holds no decodable frame (empty or corrupt)")
-    return np.stack(frames), fps
+    source = VideoFileSource(path)  # one decoder, with its frame-size and truncation checks
+    with contextlib.closing(iter(source)) as frames:
+        stack = np.stack(list(itertools.islice(frames, max_frames)))
+    return stack, source.fps
 
 
 # --------------------------------------------------------------------------- sources

@@ -190,3 +190,12 @@ def test_recorder_writes_a_loadable_log_with_right_steering_sign(tmp_path):
     assert car.hull.angle < a0 - 0.3
     assert car.wheels[0].joint.angle == pytest.approx(-0.3, abs=1e-3)
     env.close()
+
+
+def test_truncated_log_video_is_rejected(tmp_path):
+    bundled = example_log_path()
+    video = tmp_path / "cut.mkv"
+    video.write_bytes(bundled.read_bytes()[:200_000])  # the first ~5% of the FFV1 stream
+    (tmp_path / "cut.csv").write_bytes(bundled.with_suffix(".csv").read_bytes())
+    with pytest.raises(InputError, match="truncated"):
+        load_drive_log(video)
