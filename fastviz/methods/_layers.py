@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from collections.abc import Callable, Iterable
+
 from ..errors import InputError
-from ..hooks import execution_order
+from ..hooks import HandleList, leaf_modules
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -26,6 +28,65 @@ def continues_chain(module: nn.Module, inp: torch.Tensor | None, current: torch.
     return isinstance(module, CHAIN) and inp is current
 
 
+BlockCallback = Callable[[nn.Conv2d, torch.Tensor, nn.Module, torch.Tensor], None]
+
+
+class ConvBlocks:
+    """Forward hooks that follow each conv to its activated output, during one forward pass.
+
+    For every conv in ``convs`` that runs, ``on_block(conv, conv_input, module, activated)`` is
+    called once its block ends (when a module runs that does not continue it, or at
+    :meth:`finish`): ``module`` is the last activation module of the block, else the conv, and
+    ``activated`` its output. Attach with :meth:`attach` inside a :class:`~fastviz.hooks.HandleList`.
+
+    Raises
+    ------
+    InputError
+        (from the forward pass) if a conv runs twice or does not return ``(B, C, h, w)``.
+    """
+
+    def __init__(self, convs: Iterable[nn.Conv2d], on_block: BlockCallback) -> None:
+        self.convs = {id(c) for c in convs}
+        self.on_block = on_block
+        self.seen: set[int] = set()
+        self._conv: nn.Conv2d | None = None
+        self._input: torch.Tensor | None = None
+        self._module: nn.Module | None = None
+        self._current: torch.Tensor | None = None  # the block's latest output
+        self._value: torch.Tensor | None = None  # its activated output so far
+
+    def attach(self, model: nn.Module, handles: HandleList) -> ConvBlocks:
+        for m in leaf_modules(model):
+            handles.append(m.register_forward_pre_hook(self._pre))
+            handles.append(m.register_forward_hook(self._post))
+        return self
+
+    def finish(self) -> None:
+        """End the open block, if any (call after the forward pass)."""
+        if self._conv is not None:
+            self.on_block(self._conv, self._input, self._module, self._value)
+        self._conv = self._input = self._module = self._current = self._value = None
+
+    def _pre(self, module: nn.Module, args: tuple) -> None:
+        if self._current is not None and not continues_chain(module, args[0] if args else None, self._current):
+            self.finish()
+
+    def _post(self, module: nn.Module, args: tuple, output) -> None:
+        if id(module) in self.convs:
+            if id(module) in self.seen:
+                raise InputError("a conv layer ran twice in one forward pass; give the layers explicitly")
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                raise InputError(f"conv layer output must be (B, C, h, w), got {type(output).__name__}")
+            self.finish()
+            self.seen.add(id(module))
+            self._conv, self._input, self._module = module, args[0], module
+            self._current = self._value = output
+        elif self._current is not None and continues_chain(module, args[0] if args else None, self._current):
+            self._current = output
+            if isinstance(module, ACTIVATIONS):
+                self._module, self._value = module, output
+
+
 def last_conv_block(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """The module holding the activated output of the last ``nn.Conv2d`` to run on ``x``.
 
@@ -34,18 +95,13 @@ def last_conv_block(model: nn.Module, x: torch.Tensor) -> nn.Module:
     InputError
         If no ``nn.Conv2d`` runs in the forward pass.
     """
-    calls = execution_order(model, x)
-    last = None
-    current = None
-    for _name, module, inp, out in calls:
-        if isinstance(module, nn.Conv2d):
-            last, current = module, out
-        elif last is not None and continues_chain(module, inp, current):
-            current = out
-            if isinstance(module, ACTIVATIONS):
-                last = module
-        else:
-            current = None
-    if last is None:
+    blocks: list[nn.Module] = []
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    tracker = ConvBlocks(convs, lambda conv, inp, module, out: blocks.append(module))
+    with HandleList() as handles, torch.no_grad():
+        tracker.attach(model, handles)
+        model(x)
+        tracker.finish()
+    if not blocks:
         raise InputError(f"{type(model).__name__} runs no nn.Conv2d on this input; give layer= explicitly")
-    return last
+    return blocks[-1]

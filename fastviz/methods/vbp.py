@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..hooks import HandleList, as_layers, check_input, leaf_modules, model_guard
-from ._layers import ACTIVATIONS, continues_chain
+from ..hooks import HandleList, as_layers, check_input, model_guard
+from ._layers import ConvBlocks
 from .registry import register
 
 __all__ = ["ones_deconv", "visual_backprop"]
@@ -62,43 +62,6 @@ def ones_deconv(m: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torc
     if dh or dw:  # only for geometries the output padding cannot express
         up = F.pad(up, (0, max(dw, 0), 0, max(dh, 0)))[:, :, : size[0], : size[1]]
     return up
-
-
-class _MeanMaps:
-    """Forward hooks that keep, per conv, only the channel mean of its activated output."""
-
-    def __init__(self, convs: Sequence[nn.Conv2d]) -> None:
-        self.convs = {id(c): c for c in convs}
-        self.order: list[nn.Conv2d] = []
-        self.in_sizes: list[tuple[int, int]] = []
-        self.means: list[torch.Tensor] = []
-        self._current: torch.Tensor | None = None
-        self._value: torch.Tensor | None = None
-
-    def close(self) -> None:
-        if self._value is not None:
-            self.means.append(self._value.float().mean(dim=1, keepdim=True))
-        self._current = self._value = None
-
-    def pre(self, module: nn.Module, args: tuple) -> None:
-        inp = args[0] if args else None
-        if self._current is not None and not continues_chain(module, inp, self._current):
-            self.close()
-
-    def post(self, module: nn.Module, args: tuple, output) -> None:
-        if id(module) in self.convs:
-            if any(module is c for c in self.order):
-                raise InputError("a conv layer ran twice in one forward pass; VisualBackProp needs each once (give layers=)")
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise InputError(f"conv layer output must be (B, C, h, w), got {type(output).__name__}")
-            self.close()
-            self.order.append(module)
-            self.in_sizes.append(tuple(args[0].shape[-2:]))
-            self._current = self._value = output
-        elif self._current is not None and continues_chain(module, args[0] if args else None, self._current):
-            self._current = output
-            if isinstance(module, ACTIVATIONS):
-                self._value = output
 
 
 @register("visual_backprop")
@@ -153,24 +116,30 @@ def visual_backprop(
                 raise InputError(f"VisualBackProp layers must be nn.Conv2d, got {type(c).__name__}")
     if not convs:
         raise InputError(f"{type(model).__name__} has no nn.Conv2d layer for VisualBackProp")
-    maps = _MeanMaps(convs)
-    leaves = leaf_modules(model)
+    order: list[nn.Conv2d] = []
+    in_sizes: list[tuple[int, int]] = []
+    means: list[torch.Tensor] = []  # only the channel means are kept, not the activations
+
+    def keep_mean(conv: nn.Conv2d, conv_input: torch.Tensor, _module: nn.Module, activated: torch.Tensor) -> None:
+        order.append(conv)
+        in_sizes.append(tuple(conv_input.shape[-2:]))
+        means.append(activated.float().mean(dim=1, keepdim=True))
+
     with model_guard(model), HandleList() as handles, torch.no_grad():
-        handles.extend(m.register_forward_pre_hook(maps.pre) for m in leaves)
-        handles.extend(m.register_forward_hook(maps.post) for m in leaves)
+        tracker = ConvBlocks(convs, keep_mean).attach(model, handles)
         model(x)
-        maps.close()
-    if not maps.order:
+        tracker.finish()
+    if not order:
         raise InputError("none of the conv layers ran in the forward pass")
     with torch.no_grad():
-        m = maps.means[-1]
-        for i in range(len(maps.order) - 1, 0, -1):
-            m = ones_deconv(m, maps.order[i], maps.in_sizes[i])
-            shallower = maps.means[i - 1]
+        m = means[-1]
+        for i in range(len(order) - 1, 0, -1):
+            m = ones_deconv(m, order[i], in_sizes[i])
+            shallower = means[i - 1]
             if m.shape[-2:] != shallower.shape[-2:]:
                 m = F.interpolate(m, size=shallower.shape[-2:], mode="bilinear", align_corners=False)
             m = m * shallower
-        m = ones_deconv(m, maps.order[0], maps.in_sizes[0])
+        m = ones_deconv(m, order[0], in_sizes[0])
         if m.shape[-2:] != x.shape[-2:]:
             m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
         m = m[:, 0]
