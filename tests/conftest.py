@@ -1,10 +1,18 @@
-"""Shared tiny models with fixed weights."""
+"""Shared tiny models with fixed weights; the CUDA simulator for machines without a GPU."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
-from torch import nn
+
+# Numba reads NUMBA_ENABLE_CUDASIM when it is first imported: decide before anything imports it.
+# Without a CUDA GPU the kernels' CUDA paths run in Numba's simulator (slow: keep sizes tiny).
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not torch.cuda.is_available():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 class BoxSum(nn.Module):
