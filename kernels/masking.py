@@ -1,0 +1,370 @@
+"""The masked batch of occlusion: copies of frames with one window each filled by a baseline.
+
+Given frames ``x (B, C, H, W)``, a per-row frame index ``frame (M,)`` and a window table
+``boxes (M, 4)`` of rows ``(y0, x0, y1, x1)`` (end-exclusive), row ``i`` of the result is
+``x[frame[i]]`` with the pixels ``y0 <= y < y1, x0 <= x < x1`` of ``boxes[i]`` taken from the
+baseline instead (a constant, or ``baseline[frame[i]]`` of a ``(B, C, 1|H, 1|W)`` tensor).
+Windows reaching past the frame are clipped to it; an empty window (``y1 <= y0`` or
+``x1 <= x0``) leaves the row a plain copy.
+
+Three implementations side by side (see :mod:`fastviz.kernels._backend`):
+
+- :func:`masked_batch_torch`: the plain-torch reference (a gather, a 0/1 window mask and a
+  ``where``), on whatever device the tensors are on;
+- :func:`masked_batch_cpu`: a ``numba.njit(parallel=True, cache=True)`` twin, one pass over
+  the output rows, in ``out``'s memory order;
+- :func:`masked_batch_cuda`: a ``numba.cuda`` kernel, a grid-stride loop over the output
+  elements in ``out``'s memory order (coalesced writes, also for channels-last), launched on
+  torch's current stream.
+
+:func:`masked_batch` checks its arguments and runs the implementation that ``backend`` names,
+``"auto"``: :data:`DEFAULTS` for the tensors' device, decided at call time.
+
+The kernels write each output element exactly once (a copy or a fill, no arithmetic), so every
+implementation gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numba
+import numpy as np
+import torch
+from numba import cuda, prange, types
+
+from . import _backend
+
+__all__ = ["DEFAULTS", "masked_batch", "masked_batch_cpu", "masked_batch_cuda", "masked_batch_torch"]
+
+#: Device type -> the implementation ``backend="auto"`` runs, from
+#: benchmarks/test_bench_kernel_masking.py (PilotNet: one 66x200 frame, 1,872 windows, rows
+#: written into a channels-last buffer). CPU: the Numba twin beat the torch reference at both
+#: 16-row chunks and 1,872-row batches. CUDA: no GPU was available to benchmark the kernel, so
+#: the reference stays the default there until a GPU run shows the kernel faster.
+DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
+
+_DTYPES = (torch.float32, torch.float64)
+
+#: Grid-stride launches use at most this many blocks (enough to fill a large GPU; more work
+#: loops inside the threads). Tests lower it so the stride loop runs in the simulator.
+_MAX_BLOCKS = 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def masked_batch(
+    x: torch.Tensor,
+    frame: torch.Tensor,
+    boxes: torch.Tensor,
+    baseline: float | torch.Tensor,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Masked copies of frames, one window filled by the baseline in each, in one pass.
+
+    Parameters
+    ----------
+    x : Tensor (B, C, H, W)
+        float32 or float64 frames, any strides.
+    frame : int64 Tensor (M,)
+        Which frame each row copies, in ``[0, B)``; on ``x``'s device.
+    boxes : int64 Tensor (M, 4)
+        Each row's window ``(y0, x0, y1, x1)`` in pixels, end-exclusive; on ``x``'s device.
+        Coordinates outside the frame are clipped; an empty window masks nothing.
+    baseline : float or Tensor (B, C, 1 | H, 1 | W)
+        What fills the windows: a constant, or per-frame values on ``x``'s device and dtype
+        (per-channel means, a blurred image; expanded stride-0 views are fine), exactly as
+        :func:`fastviz.methods.perturbation.make_baseline` returns.
+    out : Tensor (M2, C, H, W), optional
+        Buffer with ``M2 >= M`` rows, ``x``'s dtype and device, any memory format
+        (channels-last included); ``out[:M]`` is written and returned. It must not overlap
+        ``x`` or ``baseline``. Default: a new tensor in ``x``'s memory format.
+    backend : {"auto", "torch", "cpu", "cuda"}
+        ``"auto"``: :data:`DEFAULTS` for ``x``'s device type.
+
+    Returns
+    -------
+    Tensor (M, C, H, W)
+        Row ``i`` is ``x[frame[i]]`` with the window ``boxes[i]`` filled by the baseline.
+
+    Raises
+    ------
+    ValueError
+        For wrong ranks, dtypes or devices, ``M`` differing between ``frame`` and ``boxes``,
+        frame indices outside ``[0, B)``, a baseline of the wrong shape, an ``out`` too small or
+        of the wrong shape, dtype or device, or a backend that cannot run on ``x``'s device.
+
+    Notes
+    -----
+    The frame-index range check reads one value back from the device (a synchronisation on
+    CUDA); the implementations themselves do not check their arguments.
+
+    Examples
+    --------
+    >>> x = torch.arange(12.0).view(1, 1, 3, 4)
+    >>> masked_batch(x, torch.tensor([0]), torch.tensor([[1, 1, 3, 3]]), -1.0, backend="torch")[0, 0]
+    tensor([[ 0.,  1.,  2.,  3.],
+            [ 4., -1., -1.,  7.],
+            [ 8., -1., -1., 11.]])
+    """
+    baseline = _check(x, frame, boxes, baseline, out)
+    impl = _backend.resolve(backend, x.device, DEFAULTS)
+    if impl == "cpu":
+        return masked_batch_cpu(x, frame, boxes, baseline, out)
+    if impl == "cuda":
+        return masked_batch_cuda(x, frame, boxes, baseline, out)
+    return masked_batch_torch(x, frame, boxes, baseline, out)
+
+
+def _check(x, frame, boxes, baseline, out) -> float | torch.Tensor:
+    """Raise ValueError naming the first problem; return the baseline as a float or tensor."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"x must be a (B, C, H, W) tensor, got {_describe(x)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"x must be float32 or float64, got {x.dtype}")
+    b, c, h, w = x.shape
+    dev = x.device
+    if not isinstance(frame, torch.Tensor) or frame.ndim != 1:
+        raise ValueError(f"frame must be a 1-D (M,) tensor of frame indices, got {_describe(frame)}")
+    if not isinstance(boxes, torch.Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be an (M, 4) tensor of (y0, x0, y1, x1) rows, got {_describe(boxes)}")
+    for name, t in (("frame", frame), ("boxes", boxes)):
+        if t.dtype != torch.int64:
+            raise ValueError(f"{name} must be int64, got {t.dtype}")
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but x is on {dev}")
+    m = frame.shape[0]
+    if boxes.shape[0] != m:
+        raise ValueError(f"frame has {m} rows but boxes has {boxes.shape[0]}: one window per row")
+    if m > 0:
+        lo, hi = (int(v) for v in torch.aminmax(frame))
+        if lo < 0 or hi >= b:
+            raise ValueError(f"frame indices must be in [0, {b}) for x with {b} frames, got values in [{lo}, {hi}]")
+    if isinstance(baseline, torch.Tensor):
+        if baseline.dtype != x.dtype or baseline.device != dev:
+            raise ValueError(f"baseline must have x's dtype and device ({x.dtype}, {dev}), got {baseline.dtype} on {baseline.device}")
+        s = tuple(baseline.shape)
+        if len(s) != 4 or s[0] != b or s[1] != c or s[2] not in (1, h) or s[3] not in (1, w):
+            raise ValueError(f"baseline must have shape ({b}, {c}, 1 or {h}, 1 or {w}) for x of shape {tuple(x.shape)}, got {s}")
+    elif isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        baseline = float(baseline)
+    else:
+        raise ValueError(f"baseline must be a float or a (B, C, 1|H, 1|W) tensor, got {type(baseline).__name__}")
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape[1:]) != (c, h, w):
+            raise ValueError(f"out must be an (M2, {c}, {h}, {w}) tensor with M2 >= {m}, got {_describe(out)}")
+        if out.shape[0] < m:
+            raise ValueError(f"out has {out.shape[0]} rows, too few for {m} masked rows")
+        if out.dtype != x.dtype or out.device != dev:
+            raise ValueError(f"out must have x's dtype and device ({x.dtype}, {dev}), got {out.dtype} on {out.device}")
+    return baseline
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"a tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+def _destination(x: torch.Tensor, m: int, out: torch.Tensor | None) -> torch.Tensor:
+    """``out[:m]``, or a new ``(m, C, H, W)`` tensor in ``x``'s memory format."""
+    if out is not None:
+        return out[:m]
+    fmt = torch.contiguous_format
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        fmt = torch.channels_last
+    return torch.empty((m, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _squeeze_broadcast(baseline: torch.Tensor) -> torch.Tensor:
+    """``baseline`` with every stride-0 (broadcast) dimension narrowed to size 1, so the kernels
+    see no zero strides: they index a size-1 dimension at 0."""
+    for d in range(baseline.ndim):
+        if baseline.stride(d) == 0 and baseline.shape[d] > 1:
+            baseline = baseline.narrow(d, 0, 1)
+    return baseline
+
+
+# ---------------------------------------------------------------------------------------------
+# plain-torch reference
+
+
+def masked_batch_torch(
+    x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain-torch reference of :func:`masked_batch` (arguments not checked): a gather of the
+    rows, a 0/1 window mask and one ``where``, on the tensors' device."""
+    h, w = x.shape[-2:]
+    ys = torch.arange(h, device=x.device)
+    xs = torch.arange(w, device=x.device)
+    in_y = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # (M, H)
+    in_x = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # (M, W)
+    mask = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)  # (M, 1, H, W)
+    rows = x[frame]  # advanced indexing keeps x's memory format (index_select would not)
+    fill = baseline if isinstance(baseline, float) else baseline.index_select(0, frame)
+    if out is None:
+        if isinstance(fill, float):
+            return rows.masked_fill_(mask, fill)
+        return torch.where(mask, fill, rows)
+    if isinstance(fill, float):
+        fill = torch.full((), fill, dtype=x.dtype, device=x.device)  # where(out=) takes no Python scalar
+    return torch.where(mask, fill, rows, out=out[: frame.shape[0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU twin (Numba, parallel over output rows)
+
+
+def _masked_batch_host(x, frame, boxes, base, fill, use_fill, out):  # pragma: no cover - compiled by Numba
+    """Write ``out[i]`` = ``x[frame[i]]`` with ``boxes[i]`` filled, one (row, y) line per task."""
+    m, c, h, w = out.shape
+    channels_inner = out.strides[1] < out.strides[3]  # channels-last: loop channels innermost
+    bb = base.shape[0] > 1
+    by = base.shape[2] > 1
+    bx = base.shape[3] > 1
+    for t in prange(m * h):
+        i = t // h
+        y = t - i * h
+        f = frame[i]
+        lo = 0
+        hi = 0  # window columns [lo, hi) on this line, clipped to the frame
+        if boxes[i, 0] <= y and y < boxes[i, 2]:
+            lo = min(max(boxes[i, 1], 0), w)
+            hi = min(max(boxes[i, 3], lo), w)
+        fb = f if bb else 0
+        yb = y if by else 0
+        if channels_inner:
+            for col in range(lo):
+                for ch in range(c):
+                    out[i, ch, y, col] = x[f, ch, y, col]
+            for col in range(lo, hi):
+                xb = col if bx else 0
+                for ch in range(c):
+                    out[i, ch, y, col] = fill if use_fill else base[fb, ch, yb, xb]
+            for col in range(hi, w):
+                for ch in range(c):
+                    out[i, ch, y, col] = x[f, ch, y, col]
+        else:
+            for ch in range(c):
+                for col in range(lo):
+                    out[i, ch, y, col] = x[f, ch, y, col]
+                if use_fill:
+                    for col in range(lo, hi):
+                        out[i, ch, y, col] = fill
+                else:
+                    for col in range(lo, hi):
+                        out[i, ch, y, col] = base[fb, ch, yb, col if bx else 0]
+                for col in range(hi, w):
+                    out[i, ch, y, col] = x[f, ch, y, col]
+
+
+_host_kernels: dict[torch.dtype, object] = {}
+
+
+def _host_kernel(dtype: torch.dtype):
+    """The compiled CPU twin for ``dtype``: one explicit signature with any-stride ('A') arrays,
+    so every memory format of ``x``, ``baseline`` and ``out`` shares one compiled (and cached)
+    function. Compiled, or loaded from Numba's cache, on first use."""
+    kernel = _host_kernels.get(dtype)
+    if kernel is None:
+        real = types.float32 if dtype == torch.float32 else types.float64
+        arr4 = types.Array(real, 4, "A")
+        sig = types.void(arr4, types.Array(types.int64, 1, "A"), types.Array(types.int64, 2, "A"), arr4,
+                         types.float64, types.boolean, arr4)
+        kernel = numba.njit(sig, parallel=True, cache=True, nogil=True)(_masked_batch_host)
+        _host_kernels[dtype] = kernel
+    return kernel
+
+
+def masked_batch_cpu(
+    x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CPU twin of :func:`masked_batch` (CPU tensors; arguments not checked): a Numba
+    ``njit(parallel=True, cache=True)`` loop over ``(row, y)`` lines, any strides."""
+    dst = _destination(x, frame.shape[0], out)
+    if dst.numel() == 0:
+        return dst
+    use_fill = isinstance(baseline, float)
+    base = x if use_fill else _squeeze_broadcast(baseline)  # x: a placeholder, never read
+    h = _backend.host_array
+    _host_kernel(x.dtype)(h(x), h(frame), h(boxes), h(base), float(baseline) if use_fill else 0.0, use_fill, h(dst))
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernel (numba.cuda; CPU tensors under the simulator)
+
+@cuda.jit(cache=True)
+def _masked_batch_device(x, frame, boxes, base, fill, use_fill, out, channels_inner):  # pragma: no cover - compiled by Numba
+    """``out[i]`` = ``x[frame[i]]`` with ``boxes[i]`` filled; a grid-stride loop over elements."""
+    m, c, h, w = out.shape
+    n = m * c * h * w
+    bb = base.shape[0] > 1
+    by = base.shape[2] > 1
+    bx = base.shape[3] > 1
+    for k in range(cuda.grid(1), n, cuda.gridsize(1)):
+        # consecutive threads -> consecutive addresses of out (coalesced writes)
+        if channels_inner:
+            ch = k % c
+            t = k // c
+            col = t % w
+            t = t // w
+            y = t % h
+            i = t // h
+        else:
+            col = k % w
+            t = k // w
+            y = t % h
+            t = t // h
+            ch = t % c
+            i = t // c
+        f = frame[i]
+        if boxes[i, 0] <= y and y < boxes[i, 2] and boxes[i, 1] <= col and col < boxes[i, 3]:
+            if use_fill:
+                out[i, ch, y, col] = fill
+            else:
+                out[i, ch, y, col] = base[f if bb else 0, ch, y if by else 0, col if bx else 0]
+        else:
+            out[i, ch, y, col] = x[f, ch, y, col]
+
+
+def _device_view(t: torch.Tensor):
+    """:func:`_backend.device_array`, passed to the kernel by reference also under the simulator.
+
+    The simulator copies a numpy argument in and out of its fake device memory and refuses
+    non-contiguous ones (channels-last); wrapped as a fake device array, the numpy view is used
+    in place with its strides, as ``__cuda_array_interface__`` views are on a GPU.
+    """
+    a = _backend.device_array(t)
+    if isinstance(a, np.ndarray):
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        a = FakeCUDAArray(a)
+    return a
+
+
+def masked_batch_cuda(
+    x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CUDA kernel of :func:`masked_batch` (CUDA tensors, or CPU tensors under the simulator;
+    arguments not checked): one grid-stride pass over the output elements, on torch's current
+    stream, reading and writing the tensors in place through ``__cuda_array_interface__``."""
+    dst = _destination(x, frame.shape[0], out)
+    n = dst.numel()
+    if n == 0:
+        return dst  # a launch with no blocks is an error
+    use_fill = isinstance(baseline, float)
+    base = x if use_fill else _squeeze_broadcast(baseline)  # x: a placeholder, never read
+    channels_inner = dst.stride(1) < dst.stride(3)
+    tpb = _backend.threads_per_block()
+    blocks = min(math.ceil(n / tpb), _MAX_BLOCKS)
+    d = _device_view
+    with _backend.launch_stream(x) as stream:
+        _masked_batch_device[blocks, tpb, stream](
+            d(x), d(frame), d(boxes), d(base), float(baseline) if use_fill else 0.0, use_fill, d(dst), channels_inner
+        )
+    return dst
