@@ -1,0 +1,540 @@
+"""VisualBackProp's upscaling chain: all-ones transposed convolutions fused with the pointwise
+products, from the deepest conv's mean map up to the input size.
+
+Given the channel-mean maps of the conv layers (shallow -> deep) and each conv's geometry
+(:class:`ConvGeometry`), from the deepest map up: upscale through that conv's geometry with a
+transposed convolution whose kernel is all ones, sized exactly to the conv's input; multiply
+pointwise by the shallower mean map; finally upscale through the first conv to its input size.
+The result is not normalised.
+
+Each input pixel ``y`` of a conv receives the sum of the deeper map over the output positions
+``i`` whose receptive field contains it: ``y = i * stride - padding + dilation * k`` for some
+``k`` in ``[0, kernel)``. The kernels compute that as a gather per input pixel (no atomics),
+fused with the multiplication by the shallower map.
+
+Implementations (:func:`upscale_chain` picks one with :func:`fastviz.kernels._backend.resolve`):
+
+- ``"torch"`` (:func:`upscale_chain_torch`): the reference, fastviz.methods.vbp's loop
+  (``conv_transpose2d`` + bilinear resize where pooling sits between convs + multiply);
+- ``"cpu"`` (:func:`upscale_chain_cpu`): a ``numba.njit(parallel=True, cache=True)`` twin;
+- ``"cuda"`` (:func:`upscale_chain_cuda`): one ``numba.cuda`` launch for the whole chain.
+
+The ``cpu`` and ``cuda`` kernels take float32 chains where every conv's input size equals the
+shallower mean map's size (:func:`supported`: no pooling between convs); ``"auto"`` uses
+``"torch"`` for any other chain.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import cuda
+from torch import nn
+
+from ._backend import device_array, host_array, launch_stream, resolve, threads_per_block
+
+__all__ = [
+    "DEFAULTS",
+    "ConvGeometry",
+    "supported",
+    "upscale_chain",
+    "upscale_chain_cpu",
+    "upscale_chain_cuda",
+    "upscale_chain_torch",
+]
+
+#: Backend that ``backend="auto"`` picks per device type, from benchmarks/test_bench_kernel_vbp.py.
+#: CPU: the Numba twin beats the torch loop at every batch measured (1 to 256 PilotNet frames).
+#: CUDA: "torch" until the CUDA kernel has been benchmarked on a GPU (it has only run in Numba's
+#: simulator so far); switch to "cuda" once it beats the reference there.
+DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
+
+#: Most thread blocks one CUDA launch uses; frames beyond it are taken grid-stride (tests lower it).
+_MAX_BLOCKS = 65535
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError(f"ConvGeometry.{name} must be an int or a pair of ints, got {value!r}") from None
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"ConvGeometry.{name} must be an int or a pair of ints, got {value!r}")
+    return int(a), int(b)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """One conv layer's geometry, as VisualBackProp's upscaling needs it.
+
+    Attributes
+    ----------
+    kernel, stride, dilation : (int, int)
+        ``(h, w)``; each >= 1.
+    padding : (int, int)
+        Symmetric numeric padding ``(ph, pw)``, each >= 0.
+    in_size : (int, int)
+        ``(H_in, W_in)`` of the conv's input: the size the upscaled map gets.
+
+    Ints are accepted for any pair and become ``(v, v)``.
+    """
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    in_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name, low in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1), ("in_size", 1)):
+            pair = _pair(getattr(self, name), name)
+            if min(pair) < low:
+                raise ValueError(f"ConvGeometry.{name} must be >= {low}, got {pair}")
+            object.__setattr__(self, name, pair)
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d, in_size) -> "ConvGeometry":
+        """The geometry of ``conv`` applied to an input of spatial size ``in_size`` ``(H, W)``.
+
+        ``padding="valid"`` is 0; ``padding="same"`` is ``dilation * (kernel - 1) // 2`` per
+        side, what PyTorch pads before (it pads any odd pixel after; the upscaling then takes a
+        deeper map of the input's own size, see :func:`upscale_chain`).
+
+        Raises
+        ------
+        TypeError
+            When ``conv`` is not an ``nn.Conv2d``.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"ConvGeometry.of needs an nn.Conv2d, got {type(conv).__name__}")
+        k, s, d = tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation)
+        if isinstance(conv.padding, str):
+            p = (0, 0) if conv.padding == "valid" else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
+        else:
+            p = tuple(conv.padding)
+        return cls(kernel=k, stride=s, padding=p, dilation=d, in_size=tuple(int(v) for v in in_size))
+
+
+def _out_extent(n: int, k: int, s: int, p: int, d: int) -> tuple[int, ...]:
+    """Output extents along one axis a conv of this geometry can produce from ``n`` pixels:
+    the symmetric-padding one, and for stride 1 with an odd ``d * (k - 1)`` and
+    ``p == d * (k - 1) // 2`` also ``n`` itself (PyTorch's ``padding="same"``, one more pixel
+    padded after)."""
+    sizes = ((n + 2 * p - d * (k - 1) - 1) // s + 1,)
+    span = d * (k - 1)
+    if s == 1 and span % 2 == 1 and p == span // 2:
+        sizes += (n,)
+    return sizes
+
+
+def _map_size(m: torch.Tensor) -> tuple[int, int]:
+    return int(m.shape[-2]), int(m.shape[-1])
+
+
+def _validate(means, geometry) -> tuple[list[torch.Tensor], list[ConvGeometry]]:
+    """The public boundary's checks; returns both as lists."""
+    if isinstance(means, torch.Tensor) or not isinstance(means, Sequence):
+        raise ValueError("means must be a list of (B, 1, h, w) tensors, shallow -> deep")
+    if isinstance(geometry, ConvGeometry) or not isinstance(geometry, Sequence):
+        raise ValueError("geometry must be a list of ConvGeometry, one per mean map")
+    means, geometry = list(means), list(geometry)
+    if not means:
+        raise ValueError("means is empty: VisualBackProp needs at least one conv layer's mean map")
+    if len(means) != len(geometry):
+        raise ValueError(f"{len(means)} mean maps but {len(geometry)} conv geometries: need one per map")
+    first = means[0]
+    for i, (m, g) in enumerate(zip(means, geometry)):
+        if not isinstance(m, torch.Tensor):
+            raise ValueError(f"means[{i}] must be a torch.Tensor, got {type(m).__name__}")
+        if not isinstance(g, ConvGeometry):
+            raise ValueError(f"geometry[{i}] must be a ConvGeometry, got {type(g).__name__}")
+        if m.dim() != 4 or m.shape[1] != 1:
+            raise ValueError(f"means[{i}] must be (B, 1, h, w), got shape {tuple(m.shape)}")
+        if not m.is_floating_point():
+            raise ValueError(f"means[{i}] must be floating point, got {m.dtype}")
+        if m.dtype != first.dtype or m.device != first.device:
+            raise ValueError(f"means[{i}] is {m.dtype} on {m.device}, means[0] {first.dtype} on {first.device}: "
+                             "all maps must share dtype and device")
+        if m.shape[0] != first.shape[0]:
+            raise ValueError(f"means[{i}] has batch {m.shape[0]}, means[0] {first.shape[0]}: batch sizes differ")
+        size = _map_size(m)
+        for axis in range(2):
+            allowed = _out_extent(g.in_size[axis], g.kernel[axis], g.stride[axis], g.padding[axis], g.dilation[axis])
+            if allowed[0] < 1:
+                raise ValueError(f"geometry[{i}] ({g}) gives an empty output on its input size {g.in_size}")
+            if size[axis] not in allowed:
+                raise ValueError(
+                    f"means[{i}] is {size[0]}x{size[1]} but conv {i}'s geometry ({g}) makes "
+                    f"{'x'.join(str(_out_extent(g.in_size[a], g.kernel[a], g.stride[a], g.padding[a], g.dilation[a])[0]) for a in range(2))} "
+                    f"from its {g.in_size[0]}x{g.in_size[1]} input"
+                )
+    return means, geometry
+
+
+def _fits(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> bool:
+    """Every conv's input is the shallower mean map's size (no pooling in between)."""
+    return all(geometry[i].in_size == _map_size(means[i - 1]) for i in range(1, len(means)))
+
+
+def supported(means, geometry) -> bool:
+    """Whether the ``cpu`` and ``cuda`` kernels take this chain: every conv's ``in_size`` equals
+    the shallower mean map's size. ``False`` where pooling sits between two convs (the torch
+    path then resizes bilinearly); ``backend="auto"`` uses ``"torch"`` there.
+
+    Raises
+    ------
+    ValueError
+        For a malformed chain (as :func:`upscale_chain`).
+    """
+    means, geometry = _validate(means, geometry)
+    return _fits(means, geometry)
+
+
+def _kernel_ready(means: list[torch.Tensor], geometry: list[ConvGeometry], name: str) -> None:
+    if not _fits(means, geometry):
+        gaps = [i for i in range(1, len(means)) if geometry[i].in_size != _map_size(means[i - 1])]
+        raise ValueError(
+            f"backend {name!r} needs every conv's in_size to equal the shallower mean map's size; conv(s) "
+            f"{gaps} differ (pooling between convs): use backend 'torch' or 'auto'"
+        )
+    if means[0].dtype != torch.float32:
+        raise ValueError(f"backend {name!r} takes float32 mean maps, got {means[0].dtype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# torch reference
+
+
+def _ones_deconv(m: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """fastviz.methods.vbp.ones_deconv, from a ConvGeometry instead of the conv module."""
+    k, s, p, d, size = g.kernel, g.stride, g.padding, g.dilation, g.in_size
+    natural = [(m.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    out_pad = [min(max(size[i] - natural[i], 0), max(s[i], d[i]) - 1) for i in range(2)]
+    weight = torch.ones(1, 1, k[0], k[1], device=m.device, dtype=m.dtype)
+    up = F.conv_transpose2d(m, weight, stride=s, padding=p, output_padding=out_pad, dilation=d)
+    dh, dw = size[0] - up.shape[2], size[1] - up.shape[3]
+    if dh or dw:  # only for geometries the output padding cannot express
+        up = F.pad(up, (0, max(dw, 0), 0, max(dh, 0)))[:, :, : size[0], : size[1]]
+    return up
+
+
+def _run_torch(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.Tensor:
+    with torch.no_grad():
+        m = means[-1]
+        for i in range(len(means) - 1, 0, -1):
+            m = _ones_deconv(m, geometry[i])
+            shallower = means[i - 1]
+            if m.shape[-2:] != shallower.shape[-2:]:
+                m = F.interpolate(m, size=shallower.shape[-2:], mode="bilinear", align_corners=False)
+            m = m * shallower
+        return _ones_deconv(m, geometry[0])[:, 0]
+
+
+def upscale_chain_torch(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry]) -> torch.Tensor:
+    """The reference: fastviz.methods.vbp's loop in plain torch on the maps' device.
+
+    ``conv_transpose2d`` with an all-ones kernel per conv (output padding to the conv's exact
+    input size), a bilinear resize where the upscaled map's size differs from the shallower
+    map's (pooling between convs), and the pointwise product. Any floating dtype.
+
+    Returns
+    -------
+    Tensor (B, H_in0, W_in0)
+        On the maps' device, in their dtype; not normalised.
+    """
+    return _run_torch(*_validate(means, geometry))
+
+
+# ---------------------------------------------------------------------------------------------
+# shared by the kernels
+
+
+def _pack(means: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
+    """All maps of a frame in one row, shallow -> deep: ``(B, sum h_i * w_i)`` float32 (a copy:
+    the kernels overwrite each shallower map in place with its product), and each map's offset."""
+    sizes = [m.shape[-2] * m.shape[-1] for m in means]
+    offs = np.zeros(len(means), dtype=np.int64)
+    offs[1:] = np.cumsum(sizes)[:-1]
+    buf = torch.cat([m.reshape(m.shape[0], -1) for m in means], dim=1)
+    return buf, offs
+
+
+def _geometry_table(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> np.ndarray:
+    """``(L, 12)`` int64: kh, kw, sh, sw, ph, pw, dh, dw, H_in, W_in, h, w (the map's own size)."""
+    return np.array(
+        [[*g.kernel, *g.stride, *g.padding, *g.dilation, *g.in_size, *_map_size(m)] for m, g in zip(means, geometry)],
+        dtype=np.int64,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU twin
+
+
+def _axis_sources(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each input pixel ``y`` along one axis: the output positions ``i`` (< ``n_out``) with
+    ``y = i * s - p + d * kk`` for some ``kk`` in ``[0, k)`` (each ``i`` at most once: ``kk`` is
+    fixed by ``i``). Returns counts ``(n_in,)`` and indices ``(n_in, k)``."""
+    y = np.arange(n_in)[:, None]
+    t = y + p - d * np.arange(k)[None, :]
+    i = t // s
+    ok = (t >= 0) & (t % s == 0) & (i < n_out)
+    counts = ok.sum(1).astype(np.int64)
+    idx = np.zeros((n_in, k), dtype=np.int64)
+    for row in range(n_in):
+        src = i[row][ok[row]]
+        idx[row, : src.size] = src
+    return counts, idx
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_tables(key: tuple) -> tuple[np.ndarray, ...]:
+    """Gather tables for a chain, from ``key = ((geometry, (h, w)), ...)``: dims ``(L, 4)`` (H, W,
+    h, w), row counts/indices ``(L, Hmax)`` / ``(L, Hmax, Kh)``, column ones likewise."""
+    n = len(key)
+    hmax = max(g.in_size[0] for g, _ in key)
+    wmax = max(g.in_size[1] for g, _ in key)
+    khmax = max(g.kernel[0] for g, _ in key)
+    kwmax = max(g.kernel[1] for g, _ in key)
+    dims = np.zeros((n, 4), dtype=np.int64)
+    rn = np.zeros((n, hmax), dtype=np.int64)
+    rt = np.zeros((n, hmax, khmax), dtype=np.int64)
+    cn = np.zeros((n, wmax), dtype=np.int64)
+    ct = np.zeros((n, wmax, kwmax), dtype=np.int64)
+    for layer, (g, (h, w)) in enumerate(key):
+        big_h, big_w = g.in_size
+        dims[layer] = (big_h, big_w, h, w)
+        c, t = _axis_sources(big_h, h, g.kernel[0], g.stride[0], g.padding[0], g.dilation[0])
+        rn[layer, :big_h], rt[layer, :big_h, : g.kernel[0]] = c, t
+        c, t = _axis_sources(big_w, w, g.kernel[1], g.stride[1], g.padding[1], g.dilation[1])
+        cn[layer, :big_w], ct[layer, :big_w, : g.kernel[1]] = c, t
+    for a in (dims, rn, rt, cn, ct):
+        a.setflags(write=False)
+    return dims, rn, rt, cn, ct
+
+
+@numba.njit(parallel=True, cache=True)
+def _chain_cpu_kernel(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
+    # Frames in parallel; within a frame, layer by layer from the deepest, each layer separably:
+    # rows first (tmp[y, j] = sum of the deeper map's rows that reach input row y), then columns,
+    # fused with the product into the shallower map's slot of buf (or into out for the first conv).
+    n_frames = buf.shape[0]
+    n_layers = dims.shape[0]
+    tmp_size = 1
+    for layer in range(n_layers):
+        tmp_size = max(tmp_size, dims[layer, 0] * dims[layer, 3])
+    for f in numba.prange(n_frames):
+        row = buf[f]
+        tmp = np.empty(tmp_size, dtype=np.float32)
+        for layer in range(n_layers - 1, -1, -1):
+            big_h = dims[layer, 0]
+            big_w = dims[layer, 1]
+            w = dims[layer, 3]
+            src = offs[layer]
+            for y in range(big_h):
+                t0 = y * w
+                for j in range(w):
+                    tmp[t0 + j] = 0.0
+                for a in range(rn[layer, y]):
+                    s0 = src + rt[layer, y, a] * w
+                    for j in range(w):
+                        tmp[t0 + j] += row[s0 + j]
+            dst = offs[layer - 1] if layer > 0 else 0
+            for y in range(big_h):
+                t0 = y * w
+                for x in range(big_w):
+                    acc = np.float32(0.0)
+                    for b in range(cn[layer, x]):
+                        acc += tmp[t0 + ct[layer, x, b]]
+                    if layer > 0:
+                        row[dst + y * big_w + x] *= acc
+                    else:
+                        out[f, y, x] = acc
+
+
+def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.Tensor:
+    _kernel_ready(means, geometry, "cpu")
+    b = means[0].shape[0]
+    h0, w0 = geometry[0].in_size
+    out = torch.empty(b, h0, w0, dtype=torch.float32)
+    if b == 0:
+        return out
+    buf, offs = _pack(means)
+    tables = _cpu_tables(tuple((g, _map_size(m)) for m, g in zip(means, geometry)))
+    _chain_cpu_kernel(host_array(buf), host_array(out), offs, *tables)
+    return out
+
+
+def upscale_chain_cpu(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry]) -> torch.Tensor:
+    """The chain as a ``numba.njit(parallel=True, cache=True)`` CPU twin: frames in parallel,
+    each layer a separable gather (rows, then columns) fused with the product.
+
+    Needs float32 CPU maps and a chain :func:`supported` accepts.
+
+    Returns
+    -------
+    Tensor (B, H_in0, W_in0)
+        float32 on the CPU; not normalised.
+
+    Raises
+    ------
+    ValueError
+        For a malformed chain, CUDA tensors, non-float32 maps, or pooling between convs.
+    """
+    means, geometry = _validate(means, geometry)
+    resolve("cpu", means[0].device, DEFAULTS)
+    return _run_cpu(means, geometry)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+@cuda.jit
+def _chain_cuda_kernel(buf, out, geo, offs):  # pragma: no cover - compiled (or simulated)
+    # One launch for the whole chain: one thread block per frame (grid-stride over frames), its
+    # threads striding over the pixels of one layer, cuda.syncthreads() between layers. A frame's
+    # maps are small (PilotNet: ~17k pixels over all layers), so a block keeps them in L1/L2
+    # and a per-layer launch would only add launch latency (5 launches instead of 1) and a
+    # device-wide barrier where a block barrier is enough. Each shallower map is overwritten in
+    # place in buf (a packed copy of the means) with its product; the first conv's goes to out.
+    n_frames = buf.shape[0]
+    n_layers = geo.shape[0]
+    tid = cuda.threadIdx.x
+    n_threads = cuda.blockDim.x
+    for f in range(cuda.blockIdx.x, n_frames, cuda.gridDim.x):
+        for layer in range(n_layers - 1, -1, -1):
+            kh = geo[layer, 0]
+            kw = geo[layer, 1]
+            sh = geo[layer, 2]
+            sw = geo[layer, 3]
+            ph = geo[layer, 4]
+            pw = geo[layer, 5]
+            dh = geo[layer, 6]
+            dw = geo[layer, 7]
+            big_h = geo[layer, 8]
+            big_w = geo[layer, 9]
+            h = geo[layer, 10]
+            w = geo[layer, 11]
+            src = offs[layer]
+            dst = 0
+            if layer > 0:
+                dst = offs[layer - 1]
+            for pix in range(tid, big_h * big_w, n_threads):
+                y = pix // big_w
+                x = pix - y * big_w
+                acc = np.float32(0.0)
+                for ky in range(kh):
+                    t = y + ph - dh * ky
+                    if t < 0:
+                        break
+                    i = t // sh
+                    if i * sh != t or i >= h:
+                        continue
+                    base = src + i * w
+                    for kx in range(kw):
+                        u = x + pw - dw * kx
+                        if u < 0:
+                            break
+                        j = u // sw
+                        if j * sw == u and j < w:
+                            acc += buf[f, base + j]
+                if layer > 0:
+                    buf[f, dst + pix] *= acc
+                else:
+                    out[f, y, x] = acc
+            cuda.syncthreads()
+
+
+@functools.lru_cache(maxsize=64)
+def _cuda_tables(key: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    geo, offs = key
+    return (torch.tensor(np.array(geo, dtype=np.int64), device=device),
+            torch.tensor(np.array(offs, dtype=np.int64), device=device))
+
+
+def _run_cuda(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.Tensor:
+    _kernel_ready(means, geometry, "cuda")
+    first = means[0]
+    b = first.shape[0]
+    h0, w0 = geometry[0].in_size
+    out = torch.empty(b, h0, w0, dtype=torch.float32, device=first.device)
+    if b == 0:
+        return out
+    buf, offs = _pack(means)
+    geo = _geometry_table(means, geometry)
+    geo_t, offs_t = _cuda_tables((tuple(map(tuple, geo.tolist())), tuple(offs.tolist())), str(first.device))
+    blocks = min(b, _MAX_BLOCKS)
+    with launch_stream(first) as stream:
+        _chain_cuda_kernel[blocks, threads_per_block(), stream](
+            device_array(buf), device_array(out), device_array(geo_t), device_array(offs_t)
+        )
+    return out
+
+
+def upscale_chain_cuda(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry]) -> torch.Tensor:
+    """The chain as one ``numba.cuda`` launch (one thread block per frame, layer by layer with a
+    block barrier between layers), on torch's current stream.
+
+    Needs float32 CUDA maps (CPU maps under ``NUMBA_ENABLE_CUDASIM=1``) and a chain
+    :func:`supported` accepts.
+
+    Returns
+    -------
+    Tensor (B, H_in0, W_in0)
+        float32 on the maps' device; not normalised.
+
+    Raises
+    ------
+    ValueError
+        For a malformed chain, tensors the CUDA backend cannot take, non-float32 maps, or
+        pooling between convs.
+    """
+    means, geometry = _validate(means, geometry)
+    resolve("cuda", means[0].device, DEFAULTS)
+    return _run_cuda(means, geometry)
+
+
+_RUN = {"torch": _run_torch, "cpu": _run_cpu, "cuda": _run_cuda}
+
+
+def upscale_chain(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry], backend: str = "auto") -> torch.Tensor:
+    """VisualBackProp's upscaling chain, unnormalised.
+
+    Parameters
+    ----------
+    means : list of Tensor (B, 1, h_i, w_i)
+        The conv layers' channel-mean maps, shallow -> deep (at least one), float32, one device.
+    geometry : list of ConvGeometry
+        One per map: ``means[i]`` must be the output size of conv ``i`` on ``geometry[i].in_size``.
+        Where ``geometry[i].in_size`` differs from ``means[i - 1]``'s size (pooling between the
+        convs) the upscaled map is resized bilinearly to it (``torch`` backend only).
+    backend : {"auto", "torch", "cpu", "cuda"}
+        ``"auto"``: :data:`DEFAULTS` for the maps' device, chosen at call time; ``"torch"`` for a
+        chain the kernels do not take (:func:`supported` false, or not float32).
+
+    Returns
+    -------
+    Tensor (B, H_in0, W_in0)
+        On the maps' device; ``H_in0, W_in0 = geometry[0].in_size``.
+
+    Raises
+    ------
+    ValueError
+        For a malformed chain (ranks, batch sizes, counts, sizes inconsistent with the
+        geometry), an unknown backend, or a backend that cannot take these maps.
+    """
+    means, geometry = _validate(means, geometry)
+    impl = resolve(backend, means[0].device, DEFAULTS)
+    if backend == "auto" and impl != "torch" and (not _fits(means, geometry) or means[0].dtype != torch.float32):
+        impl = "torch"
+    return _RUN[impl](means, geometry)
