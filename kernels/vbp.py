@@ -55,6 +55,14 @@ __all__ = [
 #: simulator so far); switch to "cuda" once it beats the reference there.
 DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 
+#: The CPU twin runs frames in parallel (numba.prange) only from this many output pixels per call
+#: (B x the sum of the convs' input sizes; PilotNet: ~17.7k per frame, ~60 us on one core), below
+#: it on the calling thread alone. A parallel region waits until every worker thread gets a core:
+#: with the cores busy (torch's OpenMP workers still spinning after its own ops, other processes)
+#: that cost 8-16 ms per call on the 2-core development machine, for a 0.06 ms PilotNet frame. From
+#: about 1M pixels (~60 PilotNet frames, ~3.5 ms on one core) the parallel split pays for that risk.
+_PARALLEL_PIXELS = 1 << 20
+
 #: Most thread blocks one CUDA launch uses; frames beyond it are taken grid-stride (tests lower it).
 _MAX_BLOCKS = 65535
 
@@ -322,43 +330,58 @@ def _cpu_tables(key: tuple) -> tuple[np.ndarray, ...]:
     return dims, rn, rt, cn, ct
 
 
-@numba.njit(parallel=True, cache=True)
-def _chain_cpu_kernel(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
-    # Frames in parallel; within a frame, layer by layer from the deepest, each layer separably:
-    # rows first (tmp[y, j] = sum of the deeper map's rows that reach input row y), then columns,
-    # fused with the product into the shallower map's slot of buf (or into out for the first conv).
-    n_frames = buf.shape[0]
+@numba.njit(cache=True)
+def _chain_cpu_frame(row, out, offs, dims, rn, rt, cn, ct, tmp):  # pragma: no cover - compiled
+    # One frame, layer by layer from the deepest, each layer separably: rows first (tmp[y, j] =
+    # sum of the deeper map's rows that reach input row y), then columns, fused with the product
+    # into the shallower map's slot of the frame's packed row (into out for the first conv).
     n_layers = dims.shape[0]
-    tmp_size = 1
-    for layer in range(n_layers):
-        tmp_size = max(tmp_size, dims[layer, 0] * dims[layer, 3])
-    for f in numba.prange(n_frames):
-        row = buf[f]
-        tmp = np.empty(tmp_size, dtype=np.float32)
-        for layer in range(n_layers - 1, -1, -1):
-            big_h = dims[layer, 0]
-            big_w = dims[layer, 1]
-            w = dims[layer, 3]
-            src = offs[layer]
-            for y in range(big_h):
-                t0 = y * w
+    for layer in range(n_layers - 1, -1, -1):
+        big_h = dims[layer, 0]
+        big_w = dims[layer, 1]
+        w = dims[layer, 3]
+        src = offs[layer]
+        for y in range(big_h):
+            t0 = y * w
+            for j in range(w):
+                tmp[t0 + j] = 0.0
+            for a in range(rn[layer, y]):
+                s0 = src + rt[layer, y, a] * w
                 for j in range(w):
-                    tmp[t0 + j] = 0.0
-                for a in range(rn[layer, y]):
-                    s0 = src + rt[layer, y, a] * w
-                    for j in range(w):
-                        tmp[t0 + j] += row[s0 + j]
-            dst = offs[layer - 1] if layer > 0 else 0
-            for y in range(big_h):
-                t0 = y * w
-                for x in range(big_w):
-                    acc = np.float32(0.0)
-                    for b in range(cn[layer, x]):
-                        acc += tmp[t0 + ct[layer, x, b]]
-                    if layer > 0:
-                        row[dst + y * big_w + x] *= acc
-                    else:
-                        out[f, y, x] = acc
+                    tmp[t0 + j] += row[s0 + j]
+        dst = offs[layer - 1] if layer > 0 else 0
+        for y in range(big_h):
+            t0 = y * w
+            for x in range(big_w):
+                acc = np.float32(0.0)
+                for b in range(cn[layer, x]):
+                    acc += tmp[t0 + ct[layer, x, b]]
+                if layer > 0:
+                    row[dst + y * big_w + x] *= acc
+                else:
+                    out[y, x] = acc
+
+
+@numba.njit(cache=True)
+def _tmp_size(dims):  # pragma: no cover - compiled
+    size = 1
+    for layer in range(dims.shape[0]):
+        size = max(size, dims[layer, 0] * dims[layer, 3])
+    return size
+
+
+@numba.njit(parallel=True, cache=True)
+def _chain_cpu_parallel(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
+    size = _tmp_size(dims)
+    for f in numba.prange(buf.shape[0]):
+        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cn, ct, np.empty(size, dtype=np.float32))
+
+
+@numba.njit(cache=True)
+def _chain_cpu_serial(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
+    tmp = np.empty(_tmp_size(dims), dtype=np.float32)
+    for f in range(buf.shape[0]):
+        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cn, ct, tmp)
 
 
 def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.Tensor:
@@ -370,7 +393,8 @@ def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.T
         return out
     buf, offs = _pack(means)
     tables = _cpu_tables(tuple((g, _map_size(m)) for m, g in zip(means, geometry)))
-    _chain_cpu_kernel(host_array(buf), host_array(out), offs, *tables)
+    kernel = _chain_cpu_parallel if b * sum(h * w for h, w in (g.in_size for g in geometry)) >= _PARALLEL_PIXELS else _chain_cpu_serial
+    kernel(host_array(buf), host_array(out), offs, *tables)
     return out
 
 

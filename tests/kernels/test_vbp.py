@@ -8,6 +8,7 @@ its chains tiny (each simulated thread is Python).
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from fastviz.methods.vbp import ones_deconv
 from references import ones_transposed_conv_loop, visual_backprop_sequential
 
 RTOL = 1e-5
-KERNEL_BACKENDS = ["cpu", "cuda"]
+KERNEL_BACKENDS = ["cpu", "cpu-parallel", "cuda"]
 
 
 def conv_out(n, k, s, p, d):
@@ -81,6 +82,9 @@ def chain_loop(means, geometry) -> np.ndarray:
 
 
 def run(backend, means, geometry):
+    if backend == "cpu-parallel":  # the prange path, whatever the chain's size
+        with mock.patch.object(vbp, "_PARALLEL_PIXELS", 0):
+            return vbp.upscale_chain(means, geometry, backend="cpu")
     if backend == "cuda":
         with _backend.use_threads_per_block(8):
             return vbp.upscale_chain(means, geometry, backend="cuda")
@@ -127,7 +131,7 @@ GEOMETRIES = [
 
 
 @pytest.mark.parametrize("k,s,p,d", GEOMETRIES)
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"])
 def test_single_conv(backend, k, s, p, d):
     means, geometry = make_chain([(k, s, p, d)], (13, 10), batch=2, seed=k * 100 + s * 10 + p + d)
     check(backend, means, geometry)
@@ -154,7 +158,7 @@ CHAINS = {
 
 
 @pytest.mark.parametrize("name", CHAINS)
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"])
 def test_chain(backend, name):
     specs, size = CHAINS[name]
     means, geometry = make_chain(specs, size, batch=3 if name != "pilotnet" else 2, seed=len(name))
@@ -195,7 +199,7 @@ def test_single_frame_and_inputs_unchanged(backend):
         assert torch.equal(m, b)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu", "cuda"])
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
 def test_empty_batch(backend):
     means, geometry = make_chain([(3, 2, 0, 1), (2, 1, 0, 1)], (9, 10), batch=0)
     assert run(backend, means, geometry).shape == (0, 9, 10)
@@ -223,8 +227,8 @@ def test_torch_path_is_visual_backprops_chain():
             means.append(h.mean(1, keepdim=True))
     seq = nn.Sequential(*[m for pair in layers for m in pair if m is not None]).eval()
     want = fv.visual_backprop(seq, x)
-    for backend in ("torch", "cpu"):
-        m = vbp.upscale_chain(means, geometry, backend=backend)
+    for backend in ("torch", "cpu", "cpu-parallel"):
+        m = run(backend, means, geometry)
         lo = m.amin(dim=(1, 2), keepdim=True)
         got = (m - lo) / (m.amax(dim=(1, 2), keepdim=True) - lo)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -249,7 +253,7 @@ def test_geometry_of_conv(padding, k, d):
     out = conv(torch.rand(2, 2, 10, 11))
     m = out.detach().abs().mean(1, keepdim=True) + 0.1
     want = ones_deconv(m, conv, (10, 11))[:, 0]
-    for backend in ("torch", "cpu", "cuda"):
+    for backend in ["torch"] + KERNEL_BACKENDS:
         torch.testing.assert_close(run(backend, [m], [g]), want, rtol=RTOL, atol=0)
 
 
