@@ -141,7 +141,7 @@ def _check(x, frame, boxes, baseline, out) -> float | torch.Tensor:
     if boxes.shape[0] != m:
         raise ValueError(f"frame has {m} rows but boxes has {boxes.shape[0]}: one window per row")
     if m > 0:
-        lo, hi = (int(v) for v in torch.aminmax(frame))
+        lo, hi = torch.stack(torch.aminmax(frame)).tolist()  # one read-back
         if lo < 0 or hi >= b:
             raise ValueError(f"frame indices must be in [0, {b}) for x with {b} frames, got values in [{lo}, {hi}]")
     if isinstance(baseline, torch.Tensor):
