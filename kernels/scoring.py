@@ -110,18 +110,19 @@ def _check(scores, boxes, scale, n_scales, height, width) -> None:
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if n == 0:
         return
-    y0, x0, y1, x1 = boxes.unbind(1)
-    bad_box = (y0 < 0) | (x0 < 0) | (y1 > height) | (x1 > width) | (y1 <= y0) | (x1 <= x0)
-    bad_scale = (scale < 0) | (scale >= n_scales)
-    flags = torch.stack([bad_box.any(), bad_scale.any()]).tolist()
-    if flags[0]:
-        i = int(bad_box.nonzero()[0, 0])
+    # one host sync: the extremes of every column, of the box sizes and of the scales
+    summary = torch.cat([boxes.amin(0), boxes.amax(0), (boxes[:, 2:] - boxes[:, :2]).amin(0), torch.stack(scale.aminmax())]).tolist()
+    lo, hi, size, smin, smax = summary[0:4], summary[4:8], summary[8:10], summary[10], summary[11]
+    if min(lo) < 0 or hi[2] > height or hi[3] > width or min(size) <= 0:
+        y0, x0, y1, x1 = boxes.unbind(1)
+        bad = (y0 < 0) | (x0 < 0) | (y1 > height) | (x1 > width) | (y1 <= y0) | (x1 <= x0)
+        i = int(bad.nonzero()[0, 0])
         raise ValueError(
             f"window {i} has box {tuple(boxes[i].tolist())}: boxes must be non-empty (y0, x0, y1, x1) "
             f"with 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width}"
         )
-    if flags[1]:
-        i = int(bad_scale.nonzero()[0, 0])
+    if smin < 0 or smax >= n_scales:
+        i = int(((scale < 0) | (scale >= n_scales)).nonzero()[0, 0])
         raise ValueError(f"window {i} has scale {int(scale[i])}: scales must be in [0, {n_scales})")
 
 
@@ -414,9 +415,9 @@ def _run_cuda(scores, boxes, scale, n_scales, height, width, want_maps=True):
     src = _kernel_scores(scores)
     b, dev = src.shape[0], src.device
     order, offsets = _by_scale(scale, n_scales)
-    maps = torch.zeros((b, n_scales, height, width) if want_maps else (1, 1, 1, 1), dtype=src.dtype, device=dev)
-    covered = torch.zeros(n_scales, height, width, dtype=torch.bool, device=dev)
-    out = torch.zeros(b, height, width, dtype=src.dtype, device=dev)
+    maps = torch.empty((b, n_scales, height, width) if want_maps else (1, 1, 1, 1), dtype=src.dtype, device=dev)
+    covered = torch.empty(n_scales, height, width, dtype=torch.bool, device=dev)
+    out = (torch.empty if n_scales > 0 else torch.zeros)(b, height, width, dtype=src.dtype, device=dev)  # S = 0: no launch, 0
     n_items = height * width * max(1, math.ceil(b / _FRAMES_PER_THREAD))
     if n_scales > 0:
         tpb = threads_per_block()

@@ -93,6 +93,8 @@ CASES = {
     "irregular-table": irregular_case,
     "no-windows": lambda: (torch.zeros(2, 0, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.long),
                            torch.zeros(0, dtype=torch.long), 2, 3, 4),
+    "no-scales": lambda: (torch.zeros(2, 0, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.long),
+                          torch.zeros(0, dtype=torch.long), 0, 2, 3),
     "no-frames": lambda: grid_case(4, 5, (2,), 2, batch=0),
 }
 
