@@ -59,8 +59,11 @@ DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 #: (B x the sum of the convs' input sizes; PilotNet: ~17.7k per frame, ~60 us on one core), below
 #: it on the calling thread alone. A parallel region waits until every worker thread gets a core:
 #: with the cores busy (torch's OpenMP workers still spinning after its own ops, other processes)
-#: that cost 8-16 ms per call on the 2-core development machine, for a 0.06 ms PilotNet frame. From
-#: about 1M pixels (~60 PilotNet frames, ~3.5 ms on one core) the parallel split pays for that risk.
+#: that cost 8-16 ms per call on the shared 2-core development machine, for a 0.06 ms PilotNet
+#: frame. From about 1M pixels (~60 PilotNet frames, ~3.5 ms on one core) the split can pay for
+#: that risk on free cores (256 frames right after the forward pass: 6.5 ms vs 8.4 ms on one
+#: thread); on the busy machine it did not (64 frames: 12 ms vs 2-3.5 ms; 256: 11.8 ms vs 8-14 ms).
+#: benchmarks/test_bench_kernel_vbp.py times both paths (impl ``cpu-1thread`` / ``cpu-prange``).
 _PARALLEL_PIXELS = 1 << 20
 
 #: Most thread blocks one CUDA launch uses; frames beyond it are taken grid-stride (tests lower it).
@@ -266,14 +269,17 @@ def upscale_chain_torch(means: Sequence[torch.Tensor], geometry: Sequence[ConvGe
 # shared by the kernels
 
 
-def _pack(means: list[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray]:
-    """All maps of a frame in one row, shallow -> deep: ``(B, sum h_i * w_i)`` float32 (a copy:
-    the kernels overwrite each shallower map in place with its product), and each map's offset."""
-    sizes = [m.shape[-2] * m.shape[-1] for m in means]
+def _offsets(means: list[torch.Tensor]) -> np.ndarray:
+    """Each map's offset in a frame's packed row (all maps of a frame, shallow -> deep)."""
     offs = np.zeros(len(means), dtype=np.int64)
-    offs[1:] = np.cumsum(sizes)[:-1]
-    buf = torch.cat([m.reshape(m.shape[0], -1) for m in means], dim=1)
-    return buf, offs
+    offs[1:] = np.cumsum([m.shape[-2] * m.shape[-1] for m in means])[:-1]
+    return offs
+
+
+def _pack(means: list[torch.Tensor]) -> torch.Tensor:
+    """All maps of a frame in one row: ``(B, sum h_i * w_i)`` on the maps' device, a copy (the
+    kernels overwrite each shallower map in place with its product)."""
+    return torch.cat([m.reshape(m.shape[0], -1) for m in means], dim=1)
 
 
 def _geometry_table(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> np.ndarray:
@@ -391,10 +397,13 @@ def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.T
     out = torch.empty(b, h0, w0, dtype=torch.float32)
     if b == 0:
         return out
-    buf, offs = _pack(means)
+    # numpy, not torch.cat: from ~16 PilotNet frames torch.cat goes multi-threaded, and on busy
+    # cores waiting for its OpenMP workers cost 12 ms for a 0.01 ms copy
+    buf = np.concatenate([host_array(m).reshape(b, -1) for m in means], axis=1)
+    offs = _offsets(means)
     tables = _cpu_tables(tuple((g, _map_size(m)) for m, g in zip(means, geometry)))
     kernel = _chain_cpu_parallel if b * sum(h * w for h, w in (g.in_size for g in geometry)) >= _PARALLEL_PIXELS else _chain_cpu_serial
-    kernel(host_array(buf), host_array(out), offs, *tables)
+    kernel(buf, host_array(out), offs, *tables)
     return out
 
 
@@ -494,7 +503,7 @@ def _run_cuda(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.
     out = torch.empty(b, h0, w0, dtype=torch.float32, device=first.device)
     if b == 0:
         return out
-    buf, offs = _pack(means)
+    buf, offs = _pack(means), _offsets(means)
     geo = _geometry_table(means, geometry)
     geo_t, offs_t = _cuda_tables((tuple(map(tuple, geo.tolist())), tuple(offs.tolist())), str(first.device))
     blocks = min(b, _MAX_BLOCKS)
