@@ -60,6 +60,8 @@ DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 
 #: Frames one CUDA thread accumulates at once (its window scan is shared by them).
 _FRAMES_PER_THREAD = 8
+#: Output elements (B * H * W * (S + 1)) from which the CPU twin runs on Numba's thread pool.
+_PARALLEL_WORK = 1 << 18
 #: Upper bound on CUDA blocks per launch; larger problems go round the grid-stride loop.
 _MAX_BLOCKS = 2048
 
@@ -262,82 +264,103 @@ def _bands(starts, ends, extent):  # pragma: no cover - compiled
     return band, first
 
 
-@numba.njit(parallel=True, cache=True)
-def _scale_maps_bands(scores, boxes, order, offsets, height, width, maps, covered, out, want_maps):  # pragma: no cover - compiled
-    """The maps on the compressed grid of row bands x column bands (window edges cut the frame
-    into cells on which every map is constant), then expanded to pixels.
-
-    One task per row band: per scale, it picks the windows covering the band and counts them
-    per column band; then per frame it sums each window's score into the column bands it spans
-    (float64; sums of exact zeros stay exactly zero), takes the per-scale means and their mean
-    over the covering scales, and writes the band's pixel rows of ``maps`` (if ``want_maps``),
-    ``covered`` and ``out``. Tasks write disjoint rows.
-    """
-    b = scores.shape[0]
-    n = order.shape[0]
-    n_scales = offsets.shape[0] - 1
+@numba.njit(cache=True)
+def _compress(boxes, height, width):  # pragma: no cover - compiled
+    """Each window's box on the compressed grid of row bands x column bands (end-exclusive);
+    ``yfirst``: each row band's first pixel row, then ``height``; ``xbands``: each pixel
+    column's band; the number of column bands."""
+    n = boxes.shape[0]
     ybands, yfirst = _bands(boxes[:, 0], boxes[:, 2], height)
     xbands, xfirst = _bands(boxes[:, 1], boxes[:, 3], width)
-    n_rows, n_cols = yfirst.shape[0] - 1, xfirst.shape[0] - 1
-    cells = np.empty((n, 4), dtype=np.int64)  # each window's box in bands, end-exclusive
+    cells = np.empty((n, 4), dtype=np.int64)
     for w in range(n):
         cells[w, 0] = ybands[boxes[w, 0]]
         cells[w, 1] = xbands[boxes[w, 1]]
         cells[w, 2] = ybands[boxes[w, 2] - 1] + 1
         cells[w, 3] = xbands[boxes[w, 3] - 1] + 1
-    for r in numba.prange(n_rows):
-        picked = np.empty(n, dtype=np.int64)  # covering windows, scale by scale
-        pstart = np.empty(n_scales + 1, dtype=np.int64)
-        count = np.zeros((n_scales, n_cols), dtype=np.float64)
-        n_cover = np.zeros(n_cols, dtype=np.float64)
-        m = 0
-        for s in range(n_scales):
-            pstart[s] = m
-            for k in range(offsets[s], offsets[s + 1]):
-                w = order[k]
-                if cells[w, 0] <= r and r < cells[w, 2]:
-                    picked[m] = w
-                    m += 1
-                    for c in range(cells[w, 1], cells[w, 3]):
-                        count[s, c] += 1.0
-            for c in range(n_cols):
-                if count[s, c] > 0.0:
-                    n_cover[c] += 1.0
-        pstart[n_scales] = m
-        for y in range(yfirst[r], yfirst[r + 1]):
-            for s in range(n_scales):
-                for x in range(width):
-                    covered[s, y, x] = count[s, xbands[x]] > 0.0
-        for s in range(n_scales):
-            for c in range(n_cols):
-                if count[s, c] == 0.0:
-                    count[s, c] = 1.0  # uncovered: 0 / 1 = 0
+    return cells, yfirst, xbands, xfirst.shape[0] - 1
+
+
+@numba.njit(cache=True)
+def _row_band(r, scores, cells, order, offsets, yfirst, xbands, n_cols, maps, covered, out, want_maps):  # pragma: no cover - compiled
+    """Row band ``r``: per scale, the windows covering the band and their count per column band;
+    then per frame each window's score summed into the column bands it spans (float64; sums of
+    exact zeros stay exactly zero), the per-scale means and their mean over the covering scales,
+    written to the band's pixel rows of ``maps`` (if ``want_maps``), ``covered`` and ``out``."""
+    b = scores.shape[0]
+    n_scales = offsets.shape[0] - 1
+    width = xbands.shape[0]
+    picked = np.empty(order.shape[0], dtype=np.int64)  # covering windows, scale by scale
+    pstart = np.empty(n_scales + 1, dtype=np.int64)
+    count = np.zeros((n_scales, n_cols), dtype=np.float64)
+    n_cover = np.zeros(n_cols, dtype=np.float64)
+    m = 0
+    for s in range(n_scales):
+        pstart[s] = m
+        for k in range(offsets[s], offsets[s + 1]):
+            w = order[k]
+            if cells[w, 0] <= r and r < cells[w, 2]:
+                picked[m] = w
+                m += 1
+                for c in range(cells[w, 1], cells[w, 3]):
+                    count[s, c] += 1.0
         for c in range(n_cols):
-            if n_cover[c] == 0.0:
-                n_cover[c] = 1.0
-        acc = np.empty(n_cols, dtype=np.float64)
-        total = np.empty(n_cols, dtype=np.float64)
-        for f in range(b):
-            total[:] = 0.0
-            for s in range(n_scales):
-                acc[:] = 0.0
-                for j in range(pstart[s], pstart[s + 1]):
-                    w = picked[j]
-                    v = scores[f, w]
-                    for c in range(cells[w, 1], cells[w, 3]):
-                        acc[c] += v
-                for c in range(n_cols):
-                    acc[c] /= count[s, c]
-                    total[c] += acc[c]
-                if want_maps:
-                    for y in range(yfirst[r], yfirst[r + 1]):
-                        for x in range(width):
-                            maps[f, s, y, x] = acc[xbands[x]]
+            if count[s, c] > 0.0:
+                n_cover[c] += 1.0
+    pstart[n_scales] = m
+    for y in range(yfirst[r], yfirst[r + 1]):
+        for s in range(n_scales):
+            for x in range(width):
+                covered[s, y, x] = count[s, xbands[x]] > 0.0
+    for s in range(n_scales):
+        for c in range(n_cols):
+            if count[s, c] == 0.0:
+                count[s, c] = 1.0  # uncovered: 0 / 1 = 0
+    for c in range(n_cols):
+        if n_cover[c] == 0.0:
+            n_cover[c] = 1.0
+    acc = np.empty(n_cols, dtype=np.float64)
+    total = np.empty(n_cols, dtype=np.float64)
+    for f in range(b):
+        total[:] = 0.0
+        for s in range(n_scales):
+            acc[:] = 0.0
+            for j in range(pstart[s], pstart[s + 1]):
+                w = picked[j]
+                v = scores[f, w]
+                for c in range(cells[w, 1], cells[w, 3]):
+                    acc[c] += v
             for c in range(n_cols):
-                total[c] /= n_cover[c]
-            for y in range(yfirst[r], yfirst[r + 1]):
-                for x in range(width):
-                    out[f, y, x] = total[xbands[x]]
+                acc[c] /= count[s, c]
+                total[c] += acc[c]
+            if want_maps:
+                for y in range(yfirst[r], yfirst[r + 1]):
+                    for x in range(width):
+                        maps[f, s, y, x] = acc[xbands[x]]
+        for c in range(n_cols):
+            total[c] /= n_cover[c]
+        for y in range(yfirst[r], yfirst[r + 1]):
+            for x in range(width):
+                out[f, y, x] = total[xbands[x]]
+
+
+@numba.njit(parallel=True, cache=True)
+def _scale_maps_parallel(scores, boxes, order, offsets, height, width, maps, covered, out, want_maps):  # pragma: no cover - compiled
+    """The maps on the compressed grid of row bands x column bands (window edges cut the frame
+    into cells on which every map is constant), expanded to pixels; one task per row band
+    (:func:`_row_band`; tasks write disjoint pixel rows)."""
+    cells, yfirst, xbands, n_cols = _compress(boxes, height, width)
+    for r in numba.prange(yfirst.shape[0] - 1):
+        _row_band(r, scores, cells, order, offsets, yfirst, xbands, n_cols, maps, covered, out, want_maps)
+
+
+@numba.njit(cache=True)
+def _scale_maps_serial(scores, boxes, order, offsets, height, width, maps, covered, out, want_maps):  # pragma: no cover - compiled
+    """:func:`_scale_maps_parallel` on the calling thread, for small work (waking the thread pool
+    costs more than it saves, and far more when the cores are busy)."""
+    cells, yfirst, xbands, n_cols = _compress(boxes, height, width)
+    for r in range(yfirst.shape[0] - 1):
+        _row_band(r, scores, cells, order, offsets, yfirst, xbands, n_cols, maps, covered, out, want_maps)
 
 
 def _run_cpu(scores, boxes, scale, n_scales, height, width, want_maps=True):
@@ -347,7 +370,8 @@ def _run_cpu(scores, boxes, scale, n_scales, height, width, want_maps=True):
     maps = torch.empty((b, n_scales, height, width) if want_maps else (1, 1, 1, 1), dtype=src.dtype)
     covered = torch.empty(n_scales, height, width, dtype=torch.bool)
     out = torch.empty(b, height, width, dtype=src.dtype)
-    _scale_maps_bands(
+    run = _scale_maps_parallel if b * height * width * (n_scales + 1) >= _PARALLEL_WORK else _scale_maps_serial
+    run(
         host_array(src), host_array(boxes.contiguous()), host_array(order), host_array(offsets),
         height, width, host_array(maps), host_array(covered), host_array(out), want_maps,
     )

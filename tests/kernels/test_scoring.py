@@ -18,7 +18,7 @@ from fastviz.methods.perturbation import combine_scales, window_grids
 from fastviz.methods.perturbation import scale_maps as grid_scale_maps
 
 RTOL = 1e-5
-BACKENDS = ["torch", "cpu", "cuda"]
+BACKENDS = ["torch", "cpu", "cpu-parallel", "cuda"]  # cpu-parallel: the CPU twin on the thread pool however small the work
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -32,6 +32,15 @@ def device_of(backend: str) -> str:
     if not _backend.cuda_simulated():
         pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is off")
     return "cpu"
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend argument; ``cpu-parallel`` is ``cpu`` with the thread-pool path forced."""
+    if request.param == "cpu-parallel":
+        monkeypatch.setattr(scoring, "_PARALLEL_WORK", 0)
+        return "cpu"
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +116,7 @@ def on(backend, dtype, case):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_backend_equals_loop_and_torch_reference(backend, case, dtype):
     args = on(backend, dtype, CASES[case]())
     scores, _, _, n_scales, h, w = args
@@ -140,7 +149,7 @@ def test_the_cases_are_not_trivial():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_untouched_pixels_are_exactly_zero(backend, dtype):
     # Scores are 0 except for windows touching a box; pixels under no such window must be 0
     # exactly, at every scale and in the multi-scale map (sums of exact zeros, no residue).
@@ -166,7 +175,7 @@ def test_untouched_pixels_are_exactly_zero(backend, dtype):
     [(7, 9, (3, 5), 2), (5, 9, (2, 9), 4), (6, 6, (4, 8), 3), (1, 1, (1,), 1)],
     ids=["odd-frame", "gaps", "clipped", "one-pixel"],
 )
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_agrees_with_fastviz_grid_path(backend, height, width, windows, stride):
     grids = window_grids(height, width, windows, stride)
     boxes, scale = scoring.window_table(grids)
@@ -180,7 +189,7 @@ def test_agrees_with_fastviz_grid_path(backend, height, width, windows, stride):
     torch.testing.assert_close(out, combine_scales(want_maps, want_covered), rtol=RTOL, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"], indirect=True)
 def test_pilotnet_workload_agrees_with_fastviz_grid_path(backend):
     grids = window_grids(66, 200, (8, 16, 32), 4)
     boxes, scale = scoring.window_table(grids)
@@ -200,7 +209,7 @@ def test_hand_computed_gaps_map():
     boxes, scale = scoring.window_table(window_grids(1, 10, (2, 10), 5))
     scores = torch.tensor([[1.0, 2.0, 3.0, 10.0]])
     want = torch.tensor([[[5.5, 5.5, 10, 10, 10, 6, 6, 10, 6.5, 6.5]]])
-    for backend in BACKENDS:
+    for backend in ("torch", "cpu", "cuda"):
         dev = device_of(backend)
         got = scoring.occlusion_map(scores.to(dev), boxes.to(dev), scale.to(dev), 2, 1, 10, backend=backend)
         torch.testing.assert_close(got.cpu(), want)
@@ -217,7 +226,7 @@ def test_window_table_order_and_scales():
     assert boxes.shape == (0, 4) and scale.shape == (0,)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "cpu-parallel", "cuda"], indirect=True)
 def test_half_precision_and_strided_scores(backend):
     scores, boxes, scale, s, h, w = grid_case(5, 6, (2, 3), 2, batch=3)
     dev = device_of(backend)
@@ -234,7 +243,7 @@ def test_half_precision_and_strided_scores(backend):
 def test_auto_takes_the_default_at_call_time(monkeypatch):
     scores, boxes, scale, s, h, w = grid_case(4, 5, (2,), 2)
     calls = []
-    for name in BACKENDS:
+    for name in ("torch", "cpu", "cuda"):
         impl = scoring._IMPLS[name]
         monkeypatch.setitem(scoring._IMPLS, name, lambda *a, _name=name, _impl=impl: calls.append(_name) or _impl(*a))
     for choice in ("torch", "cpu"):
