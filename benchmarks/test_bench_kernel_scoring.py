@@ -10,8 +10,8 @@ Compared on the same work (scores (B, 1872) float32 -> the multi-scale map (B, 6
 - ``cuda-kernel``: scoring.occlusion_map(backend="cuda"), only when torch sees a GPU.
 
 Every call goes through the public entry point, argument checks included. Also the CPU twin's
-first-call latency in a fresh interpreter (``first-call`` group), with the Numba cache absent
-(compile) and present (cache load): the subprocess measures the first call itself and the
+first-call latency in a fresh interpreter (``first-call`` group; B = 1 takes the serial path, B = 64
+the thread pool), with the Numba cache absent (compile) and present (cache load): the subprocess measures the first call itself and the
 figure goes to ``extra_info["first_call_ms"]``; the benchmark's own timing there is the whole
 subprocess (interpreter start and imports included).
 
@@ -85,13 +85,13 @@ def test_occlusion_map(benchmark, device, impl, batch):
 
 
 FIRST_CALL = r"""
-import json, time
+import json, sys, time
 t0 = time.perf_counter()
 import torch
 from fastviz.kernels import scoring
 from fastviz.methods.perturbation import window_grids
 boxes, scale = scoring.window_table(window_grids(66, 200, (8, 16, 32), 4))
-scores = torch.randn(1, boxes.shape[0])
+scores = torch.randn(int(sys.argv[1]), boxes.shape[0])
 t1 = time.perf_counter()
 scoring.occlusion_map(scores, boxes, scale, 3, 66, 200, backend="cpu")
 t2 = time.perf_counter()
@@ -101,28 +101,29 @@ print(json.dumps({"import_ms": (t1 - t0) * 1e3, "first_call_ms": (t2 - t1) * 1e3
 """
 
 
-def first_call(cache_dir: str) -> dict:
+def first_call(cache_dir: str, batch: int) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    done = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, capture_output=True, text=True, check=True,
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL, str(batch)], env=env, capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")  # B = 1: serial path; B = 64: thread pool
 @pytest.mark.parametrize("cache", ["absent", "present"])
-def test_cpu_twin_first_call(benchmark, cache, tmp_path):
+def test_cpu_twin_first_call(benchmark, cache, batch, tmp_path):
     benchmark.group = "kernel-scoring-first-call"
-    benchmark.extra_info.update(impl="cpu-twin", device="cpu", batch=1, windows=1872, numba_cache=cache)
+    benchmark.extra_info.update(impl="cpu-twin", device="cpu", batch=batch, windows=1872, numba_cache=cache)
     present = str(tmp_path / "numba-cache")
     if cache == "present":
-        first_call(present)  # fills the cache
+        first_call(present, batch)  # fills the cache
     figures = []
 
     def run():
         if cache == "absent":
             with tempfile.TemporaryDirectory() as empty:
-                figures.append(first_call(empty))
+                figures.append(first_call(empty, batch))
         else:
-            figures.append(first_call(present))
+            figures.append(first_call(present, batch))
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=0)
     for key in ("import_ms", "first_call_ms", "second_call_ms"):
