@@ -394,7 +394,7 @@ def scale_maps_cpu(scores, boxes, scale, n_scales, height, width) -> tuple[torch
 # CUDA kernel
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _scale_maps_kernel(scores, boxes, order, offsets, height, width, maps, covered, out, want_maps):  # pragma: no cover - device code
     """Grid-stride over items ``(frame group, y, x)``: a thread scans the windows of each scale
     once for up to ``_FRAMES_PER_THREAD`` frames, accumulating their sums in float64; it writes
