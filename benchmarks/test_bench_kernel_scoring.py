@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fastviz.kernels import scoring
+
 from fastviz.methods import perturbation
 
 HEIGHT, WIDTH, WINDOWS, STRIDE = 66, 200, (8, 16, 32), 4

@@ -41,7 +41,13 @@ import numpy as np
 import torch
 from numba import cuda
 
-from ._backend import device_array, host_array, launch_stream, resolve, threads_per_block
+from ._backend import (
+    device_array,
+    host_array,
+    launch_stream,
+    resolve,
+    threads_per_block,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -301,7 +307,7 @@ def _row_band(r, scores, cells, order, offsets, yfirst, xbands, n_cols, maps, co
         pstart[s] = m
         for k in range(offsets[s], offsets[s + 1]):
             w = order[k]
-            if cells[w, 0] <= r and r < cells[w, 2]:
+            if cells[w, 0] <= r < cells[w, 2]:
                 picked[m] = w
                 m += 1
                 for c in range(cells[w, 1], cells[w, 3]):
@@ -420,7 +426,7 @@ def _scale_maps_kernel(scores, boxes, order, offsets, height, width, maps, cover
             count = 0
             for k in range(offsets[s], offsets[s + 1]):
                 w = order[k]
-                if boxes[w, 0] <= y and y < boxes[w, 2] and boxes[w, 1] <= x and x < boxes[w, 3]:
+                if boxes[w, 0] <= y < boxes[w, 2] and boxes[w, 1] <= x < boxes[w, 3]:
                     count += 1
                     for j in range(nf):
                         acc[j] += scores[f0 + j, w]

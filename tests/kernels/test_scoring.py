@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fastviz.kernels import _backend, scoring
+
 from fastviz.methods.perturbation import combine_scales, window_grids
 from fastviz.methods.perturbation import scale_maps as grid_scale_maps
 
@@ -256,7 +256,7 @@ def test_auto_takes_the_default_at_call_time(monkeypatch):
 
 def _valid():
     scores, boxes, scale, s, h, w = grid_case(4, 5, (2, 3), 2)
-    return dict(scores=scores, boxes=boxes, scale=scale, n_scales=s, height=h, width=w)
+    return {"scores": scores, "boxes": boxes, "scale": scale, "n_scales": s, "height": h, "width": w}
 
 
 @pytest.mark.parametrize(
