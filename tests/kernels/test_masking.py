@@ -28,7 +28,8 @@ def _cuda_runs() -> bool:
 
 BACKENDS = [
     "torch",
-    "cpu",
+    "cpu-serial",  # the CPU twin on one thread (small calls)
+    "cpu-parallel",  # the CPU twin's prange driver, forced on for tiny sizes
     pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")),
 ]
 
@@ -39,7 +40,16 @@ def device_of(backend: str) -> str:
 
 @contextlib.contextmanager
 def launch_settings(backend: str, max_blocks: int = 3):
-    """Small CUDA launches: 8 threads per block and at most ``max_blocks`` blocks (grid-stride)."""
+    """The CPU twin's serial or parallel driver; small CUDA launches: 8 threads per block and
+    at most ``max_blocks`` blocks (grid-stride)."""
+    if backend.startswith("cpu-"):
+        old = masking._PARALLEL_MIN_ELEMENTS
+        masking._PARALLEL_MIN_ELEMENTS = 0 if backend == "cpu-parallel" else 1 << 62
+        try:
+            yield
+        finally:
+            masking._PARALLEL_MIN_ELEMENTS = old
+        return
     if backend != "cuda":
         yield
         return
@@ -54,7 +64,7 @@ def launch_settings(backend: str, max_blocks: int = 3):
 
 def run(backend, x, frame, boxes, baseline, out=None, max_blocks=3):
     with launch_settings(backend, max_blocks):
-        return masked_batch(x, frame, boxes, baseline, out=out, backend=backend)
+        return masked_batch(x, frame, boxes, baseline, out=out, backend=backend.split("-")[0])
 
 
 def masked_loop(x, frame, boxes, baseline) -> torch.Tensor:
@@ -235,6 +245,19 @@ def test_cuda_launch_shapes(max_blocks):
     out = torch.zeros(2, 1, 5, 6, device=dev).contiguous(memory_format=torch.channels_last)
     got = run("cuda", x, frame, boxes, 2.5, out=out, max_blocks=max_blocks)
     assert torch.equal(got.cpu(), masked_loop(x, frame, boxes, 2.5))
+
+
+def test_cpu_twin_runs_in_parallel_from_the_threshold(monkeypatch):
+    x = frames()
+    frame, boxes = table("edges")
+    used = []
+    real = masking._host_kernel
+    monkeypatch.setattr(masking, "_host_kernel", lambda dtype, parallel: used.append(parallel) or real(dtype, parallel))
+    n = frame.shape[0] * C * H * W
+    for threshold in (n, n + 1):
+        monkeypatch.setattr(masking, "_PARALLEL_MIN_ELEMENTS", threshold)
+        assert torch.equal(masked_batch(x, frame, boxes, 0.0, backend="cpu"), masked_loop(x, frame, boxes, 0.0))
+    assert used == [True, False]
 
 
 def test_auto_picks_defaults_for_the_device_at_call_time(monkeypatch):
