@@ -10,7 +10,7 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 >>> maps = fv.occlusion(model, x)                 # (4, 66, 200) float32
 """
 
-from . import data, errors, models, render, scheduler, targets, video
+from . import data, errors, kernels, models, render, scheduler, targets, video
 from .methods import explain, grad_cam, methods, occlusion, visual_backprop
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "errors",
     "explain",
     "grad_cam",
+    "kernels",
     "methods",
     "models",
     "occlusion",

@@ -1,5 +1,34 @@
 """Numba CUDA kernels, CPU (njit) twins and plain-torch references (installed as ``fastviz.kernels``).
 
-The kernels themselves are a separate piece of work; the methods currently use their
-plain-torch paths, which run on whatever device the tensors are on.
+One module per kernel, each with three implementations side by side and one dispatch function
+that chooses by the device of the tensors it is given, at call time (``backend="auto"``; or
+``"torch"``, ``"cpu"``, ``"cuda"`` explicitly):
+
+- :mod:`.masking` — :func:`masked_batch`: frames + window table + baseline -> occlusion's
+  masked batch, written in one pass into a preallocated buffer;
+- :mod:`.scoring` — :func:`occlusion_map` / :func:`scale_maps`: window scores -> per-scale
+  coverage means -> the multi-scale occlusion map;
+- :mod:`.vbp` — :func:`upscale_chain`: VisualBackProp's all-ones transposed convolutions fused
+  with the products of mean maps, the whole chain of layers in one pass.
+
+``"auto"`` takes each module's ``DEFAULTS``: the Numba CPU twins on the CPU, where
+benchmarks/RESULTS.md shows them beating the torch references; torch on CUDA until the CUDA
+kernels are measured on a GPU (they are tested in Numba's CUDA simulator).
 """
+
+from ._backend import BACKENDS, threads_per_block, use_threads_per_block
+from .masking import masked_batch
+from .scoring import occlusion_map, scale_maps, window_table
+from .vbp import ConvGeometry, upscale_chain
+
+__all__ = [
+    "BACKENDS",
+    "ConvGeometry",
+    "masked_batch",
+    "occlusion_map",
+    "scale_maps",
+    "threads_per_block",
+    "upscale_chain",
+    "use_threads_per_block",
+    "window_table",
+]

@@ -101,14 +101,19 @@ def resolve(backend: str, device: torch.device, defaults: Mapping[str, str]) -> 
 def device_array(t: torch.Tensor):
     """A Numba view of ``t`` for a CUDA kernel, without a copy.
 
-    CUDA tensors go through ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``); under
-    the simulator, CPU tensors become numpy views.
+    CUDA tensors go through ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``). Under
+    the simulator, a CPU tensor's numpy view is wrapped as the simulator's device array, so
+    the kernel reads and writes it in place with its strides, as on a GPU (a bare numpy
+    argument would be copied in and out, and non-contiguous ones such as channels-last
+    refused).
     """
     if t.is_cuda:
         from numba import cuda
 
         return cuda.as_cuda_array(t.detach())
-    return t.detach().numpy()
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    return FakeCUDAArray(t.detach().numpy())
 
 
 def host_array(t: torch.Tensor):

@@ -30,7 +30,6 @@ import math
 import numbers
 
 import numba
-import numpy as np
 import torch
 from numba import cuda, prange, types
 
@@ -356,21 +355,6 @@ def _masked_batch_device(x, frame, boxes, base, fill, use_fill, out, channels_in
             out[i, ch, y, col] = x[f, ch, y, col]
 
 
-def _device_view(t: torch.Tensor):
-    """:func:`_backend.device_array`, passed to the kernel by reference also under the simulator.
-
-    The simulator copies a numpy argument in and out of its fake device memory and refuses
-    non-contiguous ones (channels-last); wrapped as a fake device array, the numpy view is used
-    in place with its strides, as ``__cuda_array_interface__`` views are on a GPU.
-    """
-    a = _backend.device_array(t)
-    if isinstance(a, np.ndarray):
-        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-        a = FakeCUDAArray(a)
-    return a
-
-
 def masked_batch_cuda(
     x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -386,7 +370,7 @@ def masked_batch_cuda(
     channels_inner = dst.stride(1) < dst.stride(3)
     tpb = _backend.threads_per_block()
     blocks = min(math.ceil(n / tpb), _MAX_BLOCKS)
-    d = _device_view
+    d = _backend.device_array
     with _backend.launch_stream(x) as stream:
         _masked_batch_device[blocks, tpb, stream](
             d(x), d(frame), d(boxes), d(base), float(baseline) if use_fill else 0.0, use_fill, d(dst), channels_inner

@@ -225,8 +225,9 @@ def _kernel_ready(means: list[torch.Tensor], geometry: list[ConvGeometry], name:
 # torch reference
 
 
-def _ones_deconv(m: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
-    """fastviz.methods.vbp.ones_deconv, from a ConvGeometry instead of the conv module."""
+def ones_deconv(m: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """One all-ones transposed convolution with ``g``'s geometry, sized exactly to ``g.in_size``:
+    ``(B, 1, h, w)`` -> ``(B, 1, H_in, W_in)`` (plain torch, on ``m``'s device)."""
     k, s, p, d, size = g.kernel, g.stride, g.padding, g.dilation, g.in_size
     natural = [(m.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
     out_pad = [min(max(size[i] - natural[i], 0), max(s[i], d[i]) - 1) for i in range(2)]
@@ -242,12 +243,12 @@ def _run_torch(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch
     with torch.no_grad():
         m = means[-1]
         for i in range(len(means) - 1, 0, -1):
-            m = _ones_deconv(m, geometry[i])
+            m = ones_deconv(m, geometry[i])
             shallower = means[i - 1]
             if m.shape[-2:] != shallower.shape[-2:]:
                 m = F.interpolate(m, size=shallower.shape[-2:], mode="bilinear", align_corners=False)
             m = m * shallower
-        return _ones_deconv(m, geometry[0])[:, 0]
+        return ones_deconv(m, geometry[0])[:, 0]
 
 
 def upscale_chain_torch(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry]) -> torch.Tensor:

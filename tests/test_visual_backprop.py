@@ -118,3 +118,22 @@ def test_layer_selection_and_errors():
         fv.visual_backprop(seq, x, layers=["1"])
     with pytest.raises(InputError, match="no nn.Conv2d"):
         fv.visual_backprop(nn.Sequential(nn.Flatten(), nn.Linear(3 * 31 * 37, 1)), x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cuda"])
+def test_every_kernel_backend_matches_the_papers_steps(backend):
+    layers, seq = stack()
+    torch.manual_seed(6)
+    x = torch.rand(2, 3, 23, 27)
+    with fv.kernels.use_threads_per_block(32):
+        got = fv.visual_backprop(seq, x, backend=backend)
+    for i in range(2):
+        np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i : i + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_pooling_gap_uses_the_torch_chain_under_auto():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(fv.visual_backprop(net, x), fv.visual_backprop(net, x, backend="torch"))
+    with pytest.raises(ValueError, match="pool|size"):
+        fv.visual_backprop(net, x, backend="cpu")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import scheduler
+from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import check_input, model_guard
 from ..targets import Target, as_target, bind, evaluate
@@ -191,35 +191,19 @@ def make_baseline(baseline, x: torch.Tensor, blur_sigma: float | None = None) ->
     raise InputError(f"baseline must be a number, 'mean', 'blur' or a tensor, got {type(baseline).__name__}")
 
 
-def masked_batch(x: torch.Tensor, frame: torch.Tensor, boxes: torch.Tensor, baseline: float | torch.Tensor) -> torch.Tensor:
-    """Masked copies of frames, built on ``x``'s device in one pass of tensor operations.
+#: Occlusion's masked batch (see :func:`fastviz.kernels.masked_batch`).
+masked_batch = kernels.masked_batch
 
-    Parameters
-    ----------
-    x : Tensor (B, C, H, W)
-    frame : int64 Tensor (M,)
-        Which frame each row masks.
-    boxes : int64 Tensor (M, 4)
-        ``(y0, x0, y1, x1)`` of each row's window (end-exclusive).
-    baseline : float or Tensor (B, C, 1 | H, 1 | W)
-        From :func:`make_baseline`.
+_MASKING = {"torch": kernels.masking.masked_batch_torch, "cpu": kernels.masking.masked_batch_cpu,
+            "cuda": kernels.masking.masked_batch_cuda}
 
-    Returns
-    -------
-    Tensor (M, C, H, W)
-        Row ``i`` is ``x[frame[i]]`` with the window ``boxes[i]`` filled by the baseline, in
-        ``x``'s memory format (channels-last stays channels-last).
-    """
-    h, w = x.shape[-2:]
-    ys = torch.arange(h, device=x.device)
-    xs = torch.arange(w, device=x.device)
-    in_y = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])  # (M, H)
-    in_x = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])  # (M, W)
-    mask = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)  # (M, 1, H, W)
-    rows = x[frame]  # advanced indexing keeps x's memory format (index_select would not)
-    if isinstance(baseline, float):
-        return rows.masked_fill_(mask, baseline)
-    return torch.where(mask, baseline.index_select(0, frame), rows)
+
+def resolve_backend(backend: str, device: torch.device, defaults) -> str:
+    """:func:`fastviz.kernels._backend.resolve`, with its errors as :class:`InputError`."""
+    try:
+        return kernels._backend.resolve(backend, device, defaults)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def scale_maps(scores: torch.Tensor, grids: Sequence[WindowGrid], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,6 +284,7 @@ def occlusion(
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
     blur_sigma: float | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Multi-scale sliding-window occlusion map.
 
@@ -347,6 +332,10 @@ def occlusion(
         Rows per forward pass, overriding the plan.
     blur_sigma : float, optional
         Standard deviation in pixels of the ``"blur"`` baseline.
+    backend : {"auto", "torch", "cpu", "cuda"}
+        Implementation of the masking and window-scoring kernels (:mod:`fastviz.kernels`):
+        ``"auto"`` picks by device (the Numba CPU twins on the CPU, torch on CUDA);
+        ``"torch"`` is the plain-torch reference path.
 
     Returns
     -------
@@ -357,7 +346,8 @@ def occlusion(
     Raises
     ------
     InputError
-        For a malformed ``x``, windows, stride, baseline, score, target or budget.
+        For a malformed ``x``, windows, stride, baseline, score, target or budget, or a
+        backend unavailable for the device.
 
     Notes
     -----
@@ -379,8 +369,10 @@ def occlusion(
         raise InputError(f"score must be 'delta' or 'abs', got {score!r}")
     b, _c, h, w = x.shape
     grids = window_grids(h, w, windows, stride)
-    boxes = torch.cat([g.boxes(x.device) for g in grids])
+    boxes, scale = (t.to(x.device) for t in kernels.window_table(grids))
     n = boxes.shape[0]
+    fill = _MASKING[resolve_backend(backend, x.device, kernels.masking.DEFAULTS)]
+    reduce = resolve_backend(backend, x.device, kernels.scoring.DEFAULTS)
     with model_guard(model), torch.no_grad():
         x = _fast_layout(model, x)
         clean = model(x)
@@ -390,14 +382,19 @@ def occlusion(
         base = make_baseline(baseline, x, blur_sigma)
         plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size)
         scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        buffer = torch.empty((plan.chunk, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
         scores = torch.empty(b * n, device=x.device, dtype=clean_score.dtype)
         for r0 in range(0, b * n, plan.chunk):
             rows = torch.arange(r0, min(r0 + plan.chunk, b * n), device=x.device)
             frame = torch.div(rows, n, rounding_mode="floor")
-            out = model(masked_batch(x, frame, boxes[rows - frame * n], base))
+            # the chunk is scored before the next one overwrites the buffer
+            out = model(fill(x, frame, boxes[rows - frame * n], base, out=buffer))
             scores[r0: r0 + rows.numel()] = clean_score[frame] - evaluate(
                 tgt, out, None if choice is None else choice[frame], rows.numel()
             )
     if score == "abs":
         scores.abs_()
-    return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
+    if reduce == "torch":  # plain torch: two 0/1 coverage matmuls per scale on the grid
+        return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
+    return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()

@@ -15,22 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..errors import InputError
 from ..hooks import HandleList, as_layers, check_input, model_guard
 from ._layers import ConvBlocks
+from .perturbation import resolve_backend
 from .registry import register
 
 __all__ = ["ones_deconv", "visual_backprop"]
 
-
-def _padding(conv: nn.Conv2d) -> tuple[int, int]:
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return 0, 0
-        # "same": PyTorch pads (d * (k - 1)) // 2 before; any odd pixel after is fixed by the
-        # exact-size crop in ones_deconv.
-        return tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))  # type: ignore[return-value]
-    return tuple(conv.padding)  # type: ignore[return-value]
+ConvGeometry = kernels.vbp.ConvGeometry
 
 
 def ones_deconv(m: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
@@ -52,16 +46,7 @@ def ones_deconv(m: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torc
         Each input pixel gets the sum of ``m`` over the output positions whose receptive
         field contains it.
     """
-    k, s, d = conv.kernel_size, conv.stride, conv.dilation
-    p = _padding(conv)
-    natural = [(m.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
-    out_pad = [min(max(size[i] - natural[i], 0), max(s[i], d[i]) - 1) for i in range(2)]
-    weight = torch.ones(1, 1, k[0], k[1], device=m.device, dtype=m.dtype)
-    up = F.conv_transpose2d(m, weight, stride=s, padding=p, output_padding=out_pad, dilation=d)
-    dh, dw = size[0] - up.shape[2], size[1] - up.shape[3]
-    if dh or dw:  # only for geometries the output padding cannot express
-        up = F.pad(up, (0, max(dw, 0), 0, max(dh, 0)))[:, :, : size[0], : size[1]]
-    return up
+    return kernels.vbp.ones_deconv(m, ConvGeometry.of(conv, size))
 
 
 @register("visual_backprop")
@@ -69,6 +54,7 @@ def visual_backprop(
     model: nn.Module,
     x: torch.Tensor,
     layers: Sequence[nn.Module | str] | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """VisualBackProp saliency maps.
 
@@ -95,6 +81,10 @@ def visual_backprop(
         Float input in the model's input space, on the model's device.
     layers : sequence of nn.Conv2d or dotted names, optional
         The conv layers to use; default every ``nn.Conv2d`` that runs, in execution order.
+    backend : {"auto", "torch", "cpu", "cuda"}
+        Implementation of the upscaling chain (:func:`fastviz.kernels.upscale_chain`):
+        ``"auto"`` picks by device (the Numba CPU twin on the CPU, torch on CUDA; torch
+        wherever pooling sits between convs); ``"torch"`` is the plain-torch reference.
 
     Returns
     -------
@@ -104,9 +94,11 @@ def visual_backprop(
     Raises
     ------
     InputError
-        For a malformed ``x``, a layer that is not an ``nn.Conv2d``, or no conv layer running.
+        For a malformed ``x``, a layer that is not an ``nn.Conv2d``, or no conv layer running,
+        or a backend unavailable for the device.
     """
     check_input(model, x)
+    resolve_backend(backend, x.device, kernels.vbp.DEFAULTS)  # a bad backend fails before the forward pass
     if layers is None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     else:
@@ -132,17 +124,10 @@ def visual_backprop(
     if not order:
         raise InputError("none of the conv layers ran in the forward pass")
     with torch.no_grad():
-        m = means[-1]
-        for i in range(len(order) - 1, 0, -1):
-            m = ones_deconv(m, order[i], in_sizes[i])
-            shallower = means[i - 1]
-            if m.shape[-2:] != shallower.shape[-2:]:
-                m = F.interpolate(m, size=shallower.shape[-2:], mode="bilinear", align_corners=False)
-            m = m * shallower
-        m = ones_deconv(m, order[0], in_sizes[0])
+        geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
+        m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (B, H_in, W_in)
         if m.shape[-2:] != x.shape[-2:]:
-            m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        m = m[:, 0]
+            m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         lo = m.amin(dim=(1, 2), keepdim=True)
         span = m.amax(dim=(1, 2), keepdim=True) - lo
         out = torch.where(span > 0, (m - lo) / span.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))

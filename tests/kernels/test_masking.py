@@ -144,18 +144,6 @@ def test_equals_reference_and_loop(backend, base_name, windows):
     assert torch.equal(got.cpu(), masked_loop(x, frame, boxes, base))
 
 
-def test_reference_matches_the_methods_masked_batch():
-    """The reference is the engine's former implementation: same values and memory format."""
-    from fastviz.methods.perturbation import masked_batch as engine
-
-    x = frames().contiguous(memory_format=torch.channels_last)
-    frame, boxes = table("whole-1px-clipped-empty")
-    for base in baselines(x).values():
-        want = engine(x, frame, boxes, base)
-        got = masked_batch_torch(x, frame, boxes, base)
-        assert torch.equal(got, want) and got.stride() == want.stride()
-
-
 @pytest.mark.parametrize("x_format", ["contiguous", "channels-last"])
 @pytest.mark.parametrize("out_format", ["contiguous", "channels-last"])
 @pytest.mark.parametrize("base_name", ["float", "image", "expanded-stride0"])
