@@ -20,7 +20,11 @@ def main(path: str) -> None:
           f"{m.get('cpu', {}).get('count', '?')} logical cores; Python {m.get('python_version')}")
     print()
     by_device: dict[str, list[dict]] = {}
+    kernel_groups: dict[str, list[dict]] = {}
     for b in data["benchmarks"]:
+        if not b["group"].startswith("occlusion-"):
+            kernel_groups.setdefault(b["group"], []).append(b)
+            continue
         key = f"{b['extra_info']['device']}, malloc {b['extra_info'].get('malloc', 'default')}"
         by_device.setdefault(key, []).append(b)
     for device, rows in by_device.items():
@@ -50,6 +54,32 @@ def main(path: str) -> None:
             best, best_min = min(med["captum"]), min(mins["captum"])
             print(f"- speed-up of fastviz over Captum Occlusion at its best perturbations_per_eval: **{best / ours:.2f}x** "
                   f"(medians; minima: {best_min / ours_min:.2f}x; per window, medians: {best / 1733 / (ours / 1872):.2f}x)")
+        print()
+    if kernel_groups:
+        kernel_tables(kernel_groups)
+
+
+#: Implementation names that denote the plain-torch reference in the kernel suites.
+REFERENCES = ("torch", "torch-reference")
+_HIDDEN = {"device", "impl", "kernel", "malloc"}
+
+
+def kernel_tables(groups: dict[str, list[dict]]) -> None:
+    """One table per kernel benchmark group: each implementation's median and its speed-up over
+    the group's plain-torch reference (reference median / its median)."""
+    for group, rows in sorted(groups.items()):
+        print(f"#### {group}")
+        print()
+        ref = [b["stats"]["median"] for b in rows if b["extra_info"].get("impl") in REFERENCES]
+        print("| implementation | settings | median (ms) | min (ms) | rounds | speed-up over torch |")
+        print("|---|---|---:|---:|---:|---:|")
+        for b in sorted(rows, key=lambda b: b["stats"]["median"]):
+            e, st = b["extra_info"], b["stats"]
+            settings = ", ".join(f"{k}={v}" for k, v in e.items()
+                                 if k not in _HIDDEN and not isinstance(v, (list, dict)) and not k.endswith("_all"))
+            ratio = f"{ref[0] / st['median']:.2f}x" if ref else ""
+            print(f"| {e.get('impl', '?')} | {settings} | {st['median'] * 1e3:.3f} | {st['min'] * 1e3:.3f} | "
+                  f"{st['rounds']} | {ratio} |")
         print()
 
 

@@ -64,7 +64,9 @@ DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 #: that risk on free cores (256 frames right after the forward pass: 6.5 ms vs 8.4 ms on one
 #: thread); on the busy machine it did not (64 frames: 12 ms vs 2-3.5 ms; 256: 11.8 ms vs 8-14 ms).
 #: benchmarks/test_bench_kernel_vbp.py times both paths (impl ``cpu-1thread`` / ``cpu-prange``).
-_PARALLEL_PIXELS = 1 << 20
+#: On the quiet machine (benchmarks/RESULTS.md) 16 PilotNet frames took 0.30 ms in parallel vs
+#: 0.52 ms on one thread, so the split starts at 2^17 output pixels (~10 frames).
+_PARALLEL_PIXELS = 1 << 17
 
 #: Most thread blocks one CUDA launch uses; frames beyond it are taken grid-stride (tests lower it).
 _MAX_BLOCKS = 65535
