@@ -12,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -20,7 +23,16 @@ from torch import nn
 from .errors import InputError
 from .hooks import HandleList, leaf_modules
 
-__all__ = ["Plan", "default_budget", "parse_budget", "plan", "reserve_working_set", "row_footprint", "tune_cpu_allocator"]
+__all__ = [
+    "Plan",
+    "default_budget",
+    "parse_budget",
+    "plan",
+    "record_plans",
+    "reserve_working_set",
+    "row_footprint",
+    "tune_cpu_allocator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +146,37 @@ class Plan:
     def predicted_peak_bytes(self) -> int:
         return int(self.chunk * self.row_bytes * SAFETY)
 
+    def as_dict(self) -> dict:
+        """The plan's fields and its predicted peak, for logs and cost tables."""
+        return {**asdict(self), "predicted_peak_bytes": self.predicted_peak_bytes}
+
+
+_recorded = threading.local()
+
+
+@contextmanager
+def record_plans() -> Iterator[list[Plan]]:
+    """Collect the plans that methods make inside the block (this thread only).
+
+    >>> with record_plans() as plans:          # doctest: +SKIP
+    ...     fastviz.occlusion(model, x)
+    >>> plans[-1].chunk, plans[-1].passes       # doctest: +SKIP
+    """
+    stack = getattr(_recorded, "stack", None)
+    if stack is None:
+        stack = _recorded.stack = []
+    plans: list[Plan] = []
+    stack.append(plans)
+    try:
+        yield plans
+    finally:
+        stack.remove(plans)
+
+
+def _publish(p: Plan) -> None:
+    for plans in getattr(_recorded, "stack", ()):
+        plans.append(p)
+
 
 def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chunk: int | None = None) -> Plan:
     """Choose how many rows go through the model per forward pass.
@@ -174,6 +217,7 @@ def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chu
     chunk = max(1, min(chunk, rows))
     passes = -(-rows // chunk)
     p = Plan(rows=rows, chunk=chunk, passes=passes, row_bytes=row_bytes, budget_bytes=budget)
+    _publish(p)
     log.debug("plan: %d rows in %d passes of <= %d rows (%.1f KiB/row, budget %.0f MiB, predicted peak %.0f MiB)",
               rows, passes, chunk, row_bytes / 1024, budget / 2**20, p.predicted_peak_bytes / 2**20)
     return p
