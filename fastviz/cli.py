@@ -126,6 +126,23 @@ def _target(text: str) -> fastviz.targets.Target:
     raise argparse.ArgumentTypeError(f"unknown target {text!r}: use output[:I], steering[:DEG], class:K or top")
 
 
+def _memory_budget(text: str) -> str | int | float:
+    """``512MiB`` / ``8GiB`` / a byte count / a fraction of free memory such as ``0.8``."""
+    value: str | int | float = text
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    try:
+        fastviz.scheduler.parse_budget(value)
+    except fastviz.errors.FastvizError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _colormap_name(text: str) -> str:
     if text.lower() not in rd.COLORMAPS:
         raise argparse.ArgumentTypeError(f"unknown colormap {text!r} (known: {', '.join(sorted(rd.COLORMAPS))})")
@@ -199,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
     opts.add_argument("--baseline", type=_baseline, metavar="VALUE", help="occlusion: fill value, or mean / blur")
     opts.add_argument(
+        "--memory-budget", type=_memory_budget, metavar="X",
+        help="memory a chunk of work may use: 512MiB, 8GiB, a byte count, or a fraction of free memory "
+        "such as 0.8 (default: a safe fraction of free memory; chunks halve on out-of-memory)",
+    )
+    opts.add_argument(
         "--target", type=_target, metavar="T",
         help="what the map explains: output[:I], steering[:DEG] (the steering-direction target, "
         "threshold in degrees), class:K or top (default: the single output, or the top class)",
@@ -210,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 #: CLI option -> keyword of the saliency method.
-_METHOD_OPTIONS = {"layer": "layer", "windows": "windows", "stride": "stride", "baseline": "baseline", "target": "target"}
+_METHOD_OPTIONS = {
+    "layer": "layer", "windows": "windows", "stride": "stride", "baseline": "baseline", "target": "target",
+    "memory_budget": "memory_budget",
+}
 
 
 def _device(text: str) -> torch.device:

@@ -8,7 +8,7 @@ from the built-in class a Python user would expect (``ValueError``, ``FileNotFou
 
 from __future__ import annotations
 
-__all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "UnknownNameError"]
+__all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "OutOfBudgetError", "UnknownNameError"]
 
 
 class FastvizError(Exception):
@@ -25,3 +25,7 @@ class InputFileNotFoundError(FastvizError, FileNotFoundError):
 
 class UnknownNameError(FastvizError, LookupError):
     """A model, method or layer name that fastviz does not know."""
+
+
+class OutOfBudgetError(FastvizError, MemoryError):
+    """Out of memory even with one row per forward pass: the budget or the device is too small."""

@@ -20,17 +20,19 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, OutOfBudgetError
 from .hooks import HandleList, leaf_modules
 
 __all__ = [
     "Plan",
     "default_budget",
+    "is_out_of_memory",
     "parse_budget",
     "plan",
     "record_plans",
     "reserve_working_set",
     "row_footprint",
+    "run_chunks",
     "tune_cpu_allocator",
 ]
 
@@ -117,8 +119,22 @@ def parse_budget(budget: str | int | float | None, device: torch.device | str = 
 
 
 def row_footprint(model: nn.Module, row: torch.Tensor) -> int:
-    """Bytes one input row costs in a no-grad forward pass: the row plus every leaf module's
-    output, measured with forward hooks on a one-row probe. ``row`` is ``(1, C, H, W)``."""
+    """Bytes one input row costs in a no-grad forward pass, measured on a one-row probe.
+
+    On a GPU: the peak of ``torch.cuda.max_memory_allocated`` during the probe above what was
+    allocated before it (plus the row). On the CPU, where no allocator statistics exist: the
+    row plus every leaf module's output, seen by forward hooks — an upper bound, since a
+    no-grad pass frees each activation once the next layer has consumed it.
+    ``row`` is ``(1, C, H, W)``.
+    """
+    if row.is_cuda:
+        torch.cuda.synchronize(row.device)
+        before = torch.cuda.memory_allocated(row.device)
+        torch.cuda.reset_peak_memory_stats(row.device)
+        with torch.no_grad():
+            model(row)
+        torch.cuda.synchronize(row.device)
+        return int(torch.cuda.max_memory_allocated(row.device) - before + row.numel() * row.element_size())
     total = row.numel() * row.element_size()
 
     def add(_module, _args, output) -> None:
@@ -134,13 +150,18 @@ def row_footprint(model: nn.Module, row: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """A chunk plan: ``rows`` rows in chunks of ``chunk`` rows, ``passes`` forward passes."""
+    """A chunk plan: ``rows`` rows in chunks of ``chunk`` rows, ``passes`` forward passes.
+
+    ``row_bytes`` is the measured need per row, ``budget_bytes`` the budget, ``backoffs`` how
+    often an out-of-memory halved the chunk (plans as run, from :func:`run_chunks`).
+    """
 
     rows: int
     chunk: int
     passes: int
     row_bytes: int
     budget_bytes: int
+    backoffs: int = 0
 
     @property
     def predicted_peak_bytes(self) -> int:
@@ -149,6 +170,72 @@ class Plan:
     def as_dict(self) -> dict:
         """The plan's fields and its predicted peak, for logs and cost tables."""
         return {**asdict(self), "predicted_peak_bytes": self.predicted_peak_bytes}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA), or the
+    ``RuntimeError`` PyTorch's CPU allocator raises when the system cannot give it memory."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+
+
+def _release(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_chunks(p: Plan, step, device: torch.device | str) -> Plan:
+    """Run ``step(r0, r1)`` over the rows ``[0, p.rows)`` in chunks of ``p.chunk``, backing off
+    on out-of-memory.
+
+    ``step`` computes rows ``r0 .. r1`` and stores their results; finished chunks are kept.
+    When a chunk runs out of memory (:func:`is_out_of_memory`), what it held is freed, the
+    chunk size is halved and the same rows are tried again; any other error propagates
+    unchanged.
+
+    Returns
+    -------
+    Plan
+        The plan as run: the final chunk size and the forward passes made (backed-off attempts
+        not counted); also published to :func:`record_plans`.
+
+    Raises
+    ------
+    OutOfBudgetError
+        If one row alone runs out of memory, naming the budget and the measured need per row.
+    """
+    device = torch.device(device)
+    chunk, r0, passes, backoffs = p.chunk, 0, 0, 0
+    while r0 < p.rows:
+        r1 = min(r0 + chunk, p.rows)
+        failed = False
+        try:
+            step(r0, r1)
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is an allocation failure
+            if not is_out_of_memory(exc):
+                raise
+            failed = True  # leave the except block first, so the traceback's tensors can go
+        if failed:
+            _release(device)
+            if chunk == 1:
+                raise OutOfBudgetError(
+                    f"out of memory on {device} with one row per forward pass: the budget is "
+                    f"{p.budget_bytes / 2**20:.0f} MiB and the model needs about "
+                    f"{p.row_bytes * SAFETY / 2**20:.1f} MiB per row; free memory on the device or raise memory_budget"
+                ) from None
+            chunk = max(1, chunk // 2)
+            backoffs += 1
+            log.debug("out of memory in a chunk of %d rows; retrying rows %d.. in chunks of %d", chunk * 2, r0, chunk)
+            continue
+        r0, passes = r1, passes + 1
+    ran = Plan(rows=p.rows, chunk=chunk, passes=passes, row_bytes=p.row_bytes, budget_bytes=p.budget_bytes, backoffs=backoffs)
+    _publish(ran)
+    return ran
 
 
 _recorded = threading.local()
@@ -178,7 +265,14 @@ def _publish(p: Plan) -> None:
         plans.append(p)
 
 
-def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chunk: int | None = None) -> Plan:
+def plan(
+    model: nn.Module,
+    row: torch.Tensor,
+    rows: int,
+    memory_budget=None,
+    chunk: int | None = None,
+    factor: float = 1.0,
+) -> Plan:
     """Choose how many rows go through the model per forward pass.
 
     The chunk is the largest that keeps ``chunk * row_bytes * SAFETY`` within the budget; on
@@ -195,6 +289,9 @@ def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chu
     memory_budget : see :func:`parse_budget`
     chunk : int, optional
         Fixed chunk size, e.g. to compare with a peer's batch setting.
+    factor : float
+        Multiplier on the measured no-grad footprint for methods that need more per row
+        (Grad-CAM keeps activations and gradients for the backward pass: 2).
 
     Returns
     -------
@@ -209,11 +306,14 @@ def plan(model: nn.Module, row: torch.Tensor, rows: int, memory_budget=None, chu
     budget = parse_budget(memory_budget, row.device)
     if chunk is not None and chunk < 1:
         raise InputError(f"chunk size must be >= 1, got {chunk}")
-    row_bytes = row_footprint(model, row)
+    row_bytes = int(row_footprint(model, row) * factor)
     if chunk is None:
         chunk = max(1, int(budget // (row_bytes * SAFETY)))
         if row.device.type == "cpu":
             chunk = min(chunk, max(1, CPU_CHUNK_BYTES // row_bytes))
+    if row_bytes * SAFETY > budget:
+        log.warning("memory budget of %.1f MiB is below one row's measured need of %.1f MiB: running one row per pass",
+                    budget / 2**20, row_bytes * SAFETY / 2**20)
     chunk = max(1, min(chunk, rows))
     passes = -(-rows // chunk)
     p = Plan(rows=rows, chunk=chunk, passes=passes, row_bytes=row_bytes, budget_bytes=budget)

@@ -37,6 +37,10 @@ class Target:
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return self.score(output, self.bind(output))
 
+    def rows(self, r0: int, r1: int) -> Target:
+        """This target for samples ``r0 .. r1`` of the batch only (a chunk of frames)."""
+        return self
+
 
 def _flat(output: torch.Tensor) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
@@ -95,6 +99,9 @@ class Class(Target):
         if bool(((k < 0) | (k >= flat.shape[1])).any()):
             raise InputError(f"Class target {self.k} is out of range for {flat.shape[1]} classes")
         return k
+
+    def rows(self, r0: int, r1: int) -> Target:
+        return self if isinstance(self.k, int) or self.k is None else Class(self.k[r0:r1])
 
     def score(self, output: torch.Tensor, choice: torch.Tensor | None) -> torch.Tensor:
         flat = _flat(output)
@@ -187,6 +194,11 @@ def as_target(target: Target | Callable[[torch.Tensor], torch.Tensor] | int | No
     if not callable(target):
         raise InputError(f"target must be a Target, a callable or a class index, got {type(target).__name__}")
     return target
+
+
+def for_rows(target: Callable, r0: int, r1: int) -> Callable:
+    """``target`` restricted to samples ``r0 .. r1`` (per-sample class lists are sliced)."""
+    return target.rows(r0, r1) if isinstance(target, Target) else target
 
 
 def bind(target: Callable, clean_output: torch.Tensor) -> torch.Tensor | None:

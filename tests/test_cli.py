@@ -118,6 +118,9 @@ class FakeExplain:
         (["--baseline", "mean"], "occlusion", {"baseline": "mean"}),
         ([], "grad_cam", {}),  # grad_cam picks the model's cam_layer itself
         (["--layer", "features.7"], "grad_cam", {"layer": "features.7"}),
+        (["--memory-budget", "512MiB"], "visual_backprop", {"memory_budget": "512MiB"}),
+        (["--memory-budget", "0.5"], "occlusion", {"memory_budget": 0.5}),
+        (["--memory-budget", "100000000"], "grad_cam", {"memory_budget": 100000000}),
     ],
 )
 def test_method_options_pass_through_only_when_given(assets, out_dir, monkeypatch, extra, method, expected):
@@ -141,6 +144,15 @@ def test_target_option(assets, out_dir, monkeypatch, text, want):
     argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out_dir / "o.mkv"), "--model", assets["stand_in_model"]]
     assert cli.main([*argv, "--method", "grad_cam", "--target", text, "-q"]) == 0
     assert repr(fake.calls[0][2]["target"]) == want
+
+
+@pytest.mark.parametrize("text", ["lots", "0", "1.5", "-3MiB"])
+def test_bad_memory_budget_option(assets, out_dir, capsys, text):
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out_dir / "o.mkv"), "--model", assets["stand_in_model"]]
+    assert cli.main([*argv, "--memory-budget", text]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastviz: error:") and "budget" in err[0]
+    assert not any(out_dir.iterdir())
 
 
 @pytest.mark.parametrize("text", ["left", "class", "class:x", "steering:-1", "top:2"])

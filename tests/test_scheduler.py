@@ -103,3 +103,11 @@ def test_reserve_working_set_is_a_no_op_elsewhere():
     for n in (0, -5):
         assert scheduler.reserve_working_set(n, "cpu") is None
     assert scheduler.reserve_working_set(2**20, "meta") is None
+
+
+def test_budget_below_one_row_warns(caplog):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with caplog.at_level("WARNING", logger="fastviz.scheduler"):
+        p = scheduler.plan(net, torch.zeros(1, 3, 8, 8), rows=10, memory_budget=100)
+    assert p.chunk == 1
+    assert "below one row's measured need" in caplog.text

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import scheduler
 from ..errors import InputError
 from ..hooks import HandleList, check_input, find_layer, layer_name, model_guard
-from ..targets import Target, as_target, bind, evaluate
+from ..targets import Target, as_target, bind, evaluate, for_rows
 from ._layers import last_conv_block
 from .registry import register
 
@@ -94,20 +95,30 @@ def layer_activation_and_gradient(
     return activation.detach(), grad, clean
 
 
-def _cam(model, x, layer, target, upsample: bool, weigh: Weigher) -> torch.Tensor:
+def _cam(model, x, layer, target, upsample: bool, weigh: Weigher, memory_budget=None, chunk_size=None) -> torch.Tensor:
     check_input(model, x)
+    maps: list[torch.Tensor] = []  # one tensor, allocated once the first chunk gives the map size
     with model_guard(model):
         if layer is None:
             layer = getattr(model, "cam_layer", None)  # the architecture's own choice, if it has one
         module = last_conv_block(model, x[:1]) if layer is None else find_layer(model, layer)
-        a, g, _ = layer_activation_and_gradient(model, x, module, target)
-    if a.ndim != 4:
-        raise InputError(f"target layer {layer_name(model, module)!r} must output (B, K, h, w), got {tuple(a.shape)}")
-    with torch.no_grad():
-        cam = F.relu((weigh(a, g).view(a.shape[0], a.shape[1], 1, 1) * a).sum(dim=1))
-        if upsample and cam.shape[-2:] != x.shape[-2:]:
-            cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
-    return cam.float()
+        # activations above the layer and their gradients are kept for the backward pass
+        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size, factor=2.0)
+
+        def step(r0: int, r1: int) -> None:
+            a, g, _ = layer_activation_and_gradient(model, x[r0:r1], module, for_rows(target, r0, r1))
+            if a.ndim != 4:
+                raise InputError(f"target layer {layer_name(model, module)!r} must output (B, K, h, w), got {tuple(a.shape)}")
+            with torch.no_grad():
+                cam = F.relu((weigh(a, g).view(a.shape[0], a.shape[1], 1, 1) * a).sum(dim=1))
+                if upsample and cam.shape[-2:] != x.shape[-2:]:
+                    cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+                if not maps:
+                    maps.append(torch.empty(x.shape[0], *cam.shape[1:], device=x.device, dtype=torch.float32))
+                maps[0][r0:r1] = cam
+
+        scheduler.run_chunks(p, step, x.device)
+    return maps[0]
 
 
 def _gradient_means(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -121,6 +132,8 @@ def grad_cam(
     layer: nn.Module | str | None = None,
     target: Target | Callable[[torch.Tensor], torch.Tensor] | int | None = None,
     upsample: bool = True,
+    memory_budget: str | int | float | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Grad-CAM saliency maps.
 
@@ -151,6 +164,12 @@ def grad_cam(
         top class of a classifier.
     upsample : bool
         Resize to ``(H, W)``; ``False`` returns the layer's resolution ``(h, w)``.
+    memory_budget : str, int, float or None
+        Bytes a chunk of frames may use (see :func:`fastviz.scheduler.parse_budget`; the
+        need per frame counts activations and gradients: twice the no-grad footprint);
+        chunks are halved on out-of-memory.
+    chunk_size : int, optional
+        Frames per forward/backward pass, overriding the plan.
 
     Returns
     -------
@@ -162,8 +181,11 @@ def grad_cam(
     ------
     InputError
         For a malformed ``x`` or target, a layer that does not output ``(B, K, h, w)``, runs
-        more than once, or does not influence the target; inside ``torch.inference_mode()``.
+        more than once, or does not influence the target; inside ``torch.inference_mode()``;
+        for a malformed budget.
+    OutOfBudgetError
+        If one frame per pass still runs out of memory.
     UnknownNameError
         For a layer name the model does not have.
     """
-    return _cam(model, x, layer, target, upsample, _gradient_means)
+    return _cam(model, x, layer, target, upsample, _gradient_means, memory_budget, chunk_size)

@@ -327,7 +327,8 @@ def occlusion(
         Bytes the chunks may use (``"512MiB"``, a byte count, a fraction of free memory);
         default: :func:`fastviz.scheduler.default_budget`. On the CPU, chunks are also kept
         cache-sized (:data:`fastviz.scheduler.CPU_CHUNK_BYTES`), which is faster there than the
-        largest chunk the budget allows.
+        largest chunk the budget allows. On out-of-memory the chunk is halved and retried;
+        finished chunks are kept (:func:`fastviz.scheduler.run_chunks`).
     chunk_size : int, optional
         Rows per forward pass, overriding the plan.
     blur_sigma : float, optional
@@ -348,6 +349,8 @@ def occlusion(
     InputError
         For a malformed ``x``, windows, stride, baseline, score, target or budget, or a
         backend unavailable for the device.
+    OutOfBudgetError
+        If one row per forward pass still runs out of memory.
 
     Notes
     -----
@@ -385,14 +388,15 @@ def occlusion(
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         buffer = torch.empty((plan.chunk, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
         scores = torch.empty(b * n, device=x.device, dtype=clean_score.dtype)
-        for r0 in range(0, b * n, plan.chunk):
-            rows = torch.arange(r0, min(r0 + plan.chunk, b * n), device=x.device)
+
+        def step(r0: int, r1: int) -> None:
+            rows = torch.arange(r0, r1, device=x.device)
             frame = torch.div(rows, n, rounding_mode="floor")
             # the chunk is scored before the next one overwrites the buffer
             out = model(fill(x, frame, boxes[rows - frame * n], base, out=buffer))
-            scores[r0: r0 + rows.numel()] = clean_score[frame] - evaluate(
-                tgt, out, None if choice is None else choice[frame], rows.numel()
-            )
+            scores[r0:r1] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame], r1 - r0)
+
+        scheduler.run_chunks(plan, step, x.device)
     if score == "abs":
         scores.abs_()
     if reduce == "torch":  # plain torch: two 0/1 coverage matmuls per scale on the grid

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
+from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import HandleList, as_layers, check_input, model_guard
 from ._layers import ConvBlocks
@@ -55,6 +55,8 @@ def visual_backprop(
     x: torch.Tensor,
     layers: Sequence[nn.Module | str] | None = None,
     backend: str = "auto",
+    memory_budget: str | int | float | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """VisualBackProp saliency maps.
 
@@ -85,6 +87,11 @@ def visual_backprop(
         Implementation of the upscaling chain (:func:`fastviz.kernels.upscale_chain`):
         ``"auto"`` picks by device (the Numba CPU twin on the CPU, torch on CUDA; torch
         wherever pooling sits between convs); ``"torch"`` is the plain-torch reference.
+    memory_budget : str, int, float or None
+        Bytes a chunk of frames may use (see :func:`fastviz.scheduler.parse_budget`); frames
+        go through the model in chunks planned from it, halved on out-of-memory.
+    chunk_size : int, optional
+        Frames per forward pass, overriding the plan.
 
     Returns
     -------
@@ -95,7 +102,9 @@ def visual_backprop(
     ------
     InputError
         For a malformed ``x``, a layer that is not an ``nn.Conv2d``, or no conv layer running,
-        or a backend unavailable for the device.
+        or a backend unavailable for the device, or a malformed budget.
+    OutOfBudgetError
+        If one frame per forward pass still runs out of memory.
     """
     check_input(model, x)
     resolve_backend(backend, x.device, kernels.vbp.DEFAULTS)  # a bad backend fails before the forward pass
@@ -108,6 +117,19 @@ def visual_backprop(
                 raise InputError(f"VisualBackProp layers must be nn.Conv2d, got {type(c).__name__}")
     if not convs:
         raise InputError(f"{type(model).__name__} has no nn.Conv2d layer for VisualBackProp")
+    out = torch.empty(x.shape[0], *x.shape[-2:], device=x.device, dtype=torch.float32)
+    with model_guard(model):
+        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size)
+
+        def step(r0: int, r1: int) -> None:
+            out[r0:r1] = _visual_backprop_rows(model, x[r0:r1], convs, backend)
+
+        scheduler.run_chunks(p, step, x.device)
+    return out
+
+
+def _visual_backprop_rows(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv2d], backend: str) -> torch.Tensor:
+    """VisualBackProp maps of one chunk of frames ``(b, H, W)``, float32 in [0, 1]."""
     order: list[nn.Conv2d] = []
     in_sizes: list[tuple[int, int]] = []
     means: list[torch.Tensor] = []  # only the channel means are kept, not the activations
@@ -117,7 +139,7 @@ def visual_backprop(
         in_sizes.append(tuple(conv_input.shape[-2:]))
         means.append(activated.float().mean(dim=1, keepdim=True))
 
-    with model_guard(model), HandleList() as handles, torch.no_grad():
+    with HandleList() as handles, torch.no_grad():
         tracker = ConvBlocks(convs, keep_mean).attach(model, handles)
         model(x)
         tracker.finish()
@@ -125,7 +147,7 @@ def visual_backprop(
         raise InputError("none of the conv layers ran in the forward pass")
     with torch.no_grad():
         geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
-        m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (B, H_in, W_in)
+        m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
         if m.shape[-2:] != x.shape[-2:]:
             m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         lo = m.amin(dim=(1, 2), keepdim=True)
