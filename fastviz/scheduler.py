@@ -1,10 +1,17 @@
-"""Memory budget -> chunk plan.
+"""Memory budget -> chunk plan -> chunks that back off on out-of-memory.
 
-A method that pushes many rows (frames x occlusion windows) through a model asks :func:`plan`
-for a chunk size: how many rows go through one forward pass. The plan comes from the budget
-and a measured per-row footprint (the input row, plus every leaf module's output for one row,
-seen by forward hooks on a one-row probe), with a safety factor for the allocator and
-temporaries.
+A method that pushes many rows (frames x occlusion windows, or frames) through a model asks
+:func:`plan` for a chunk size: how many rows go through one forward pass. The plan comes from
+the budget (:func:`parse_budget`: ``"512MiB"``, a byte count, a fraction of free memory; by
+default :func:`default_budget`) and a per-row need measured on a one-row probe
+(:func:`row_footprint`: ``torch.cuda.max_memory_allocated`` on a GPU, the activation sizes
+seen by forward hooks on the CPU), with a safety factor for the allocator and temporaries. On
+the CPU, chunks are also kept cache-sized (:data:`CPU_CHUNK_BYTES`).
+
+:func:`run_chunks` runs the chunks: on out-of-memory it frees what the chunk held, halves the
+chunk and retries the same rows, keeping every finished chunk; other errors propagate
+unchanged; a single row that still fails raises :class:`~fastviz.errors.OutOfBudgetError`.
+Plans are logged at debug level and collected by :func:`record_plans` (for cost tables).
 """
 
 from __future__ import annotations
