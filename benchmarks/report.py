@@ -21,7 +21,11 @@ def main(path: str) -> None:
     print()
     by_device: dict[str, list[dict]] = {}
     kernel_groups: dict[str, list[dict]] = {}
+    memory_groups: dict[str, list[dict]] = {}
     for b in data["benchmarks"]:
+        if b["group"].startswith("memory-"):  # benchmarks/test_bench_memory.py: memory_tables
+            memory_groups.setdefault(b["group"], []).append(b)
+            continue
         if not b["group"].startswith("occlusion-"):
             kernel_groups.setdefault(b["group"], []).append(b)
             continue
@@ -57,6 +61,8 @@ def main(path: str) -> None:
         print()
     if kernel_groups:
         kernel_tables(kernel_groups)
+    if memory_groups:
+        memory_tables(memory_groups)
 
 
 #: Implementation names that denote the plain-torch reference in the kernel suites.
@@ -80,6 +86,29 @@ def kernel_tables(groups: dict[str, list[dict]]) -> None:
             ratio = f"{ref[0] / st['median']:.2f}x" if ref else ""
             print(f"| {e.get('impl', '?')} | {settings} | {st['median'] * 1e3:.3f} | {st['min'] * 1e3:.3f} | "
                   f"{st['rounds']} | {ratio} |")
+        print()
+
+
+def _mib(nbytes) -> str:
+    return "" if nbytes is None else f"{nbytes / 2**20:,.1f}"
+
+
+def memory_tables(groups: dict[str, list[dict]]) -> None:
+    """One table per memory benchmark group (benchmarks/test_bench_memory.py): per budget, the
+    plan fastviz chose, its predicted and the measured peak, and the occlusion call's time."""
+    for group, rows in sorted(groups.items()):
+        e0 = rows[0]["extra_info"]
+        print(f"#### {group}: {e0['workload']}, {e0['frames']} frame(s), {e0['windows']:,} windows")
+        print()
+        print(f"Peak: {e0['peak_method']}.")
+        print()
+        print("| budget | chunk | passes | predicted peak (MiB) | measured peak (MiB) | within budget +5%? | seconds | windows/s |")
+        print("|---:|---:|---:|---:|---:|:---:|---:|---:|")
+        for b in sorted(rows, key=lambda b: b["extra_info"]["budget_bytes"]):
+            e = b["extra_info"]
+            print(f"| {e['budget']} | {e['chunk']} | {e['passes']} | {_mib(e['predicted_peak_bytes'])} | "
+                  f"{_mib(e['peak_bytes'])} | {'yes' if e['within_budget'] else '**no**'} | {e['seconds']:.2f} | "
+                  f"{e['windows_per_s']:.1f} |")
         print()
 
 
