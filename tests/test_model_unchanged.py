@@ -31,10 +31,10 @@ class Boom(nn.Module):
 
 def net(train: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
-    m = nn.Sequential(
+    m = nn.Sequential(  # conv blocks -> global average pooling -> linear: every method applies (CAM too)
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
         nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(), Boom(),
-        nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     )
     m[0].weight.requires_grad_(False)  # a partly frozen model: requires_grad must stay mixed
     return m.train(train)
