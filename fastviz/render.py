@@ -25,7 +25,9 @@ from .errors import InputError, UnknownNameError
 __all__ = [
     "COLORMAPS",
     "LAYOUTS",
+    "crop",
     "focus",
+    "grid",
     "heatmap",
     "normalize",
     "overlay",
@@ -33,6 +35,7 @@ __all__ = [
     "resize_to_frame",
     "side_by_side",
     "upscale",
+    "weights_grid",
 ]
 
 #: OpenCV colormaps by lower-case name (``"jet"``, ``"inferno"``, ``"turbo"``, ...).
@@ -533,3 +536,209 @@ def render(
     else:
         names = labels
     return side_by_side([big, blended, heat], names)
+
+
+# --------------------------------------------------------------------------- grids and crops
+
+
+def _tile(tiles: np.ndarray, ncols: int | None, pad: int) -> np.ndarray:
+    """Place ``(N, h, w, 3)`` uint8 tiles row by row on a black canvas, ``pad`` pixels apart."""
+    n, h, w = tiles.shape[:3]
+    if ncols is None:
+        ncols = int(np.ceil(np.sqrt(n)))
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise InputError(f"ncols must be an integer >= 1, got {ncols!r}")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise InputError(f"pad must be an integer >= 0, got {pad!r}")
+    ncols = min(int(ncols), n)
+    nrows = -(-n // ncols)
+    out = np.zeros((nrows * h + (nrows - 1) * pad, ncols * w + (ncols - 1) * pad, 3), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        y, x = r * (h + pad), c * (w + pad)
+        out[y : y + h, x : x + w] = tiles[i]
+    return out
+
+
+def _levels(maps: np.ndarray, normalize_each: bool) -> np.ndarray:
+    """``(N, ...)`` float maps -> uint8 levels 0..255, min-max per map or over all maps."""
+    if normalize_each:
+        flat = normalize(maps.reshape(maps.shape[0], maps.shape[1], -1)).reshape(maps.shape)
+    else:
+        flat = normalize(maps.reshape(1, maps.shape[0], -1))[0].reshape(maps.shape)
+    return np.rint(flat * 255.0).astype(np.uint8)
+
+
+def _colour(levels: np.ndarray, colormap: str | int | None) -> np.ndarray:
+    """``(N, h, w)`` uint8 levels -> ``(N, h, w, 3)`` RGB: grey, or through ``colormap``."""
+    if colormap is None:
+        return np.repeat(levels[..., None], 3, axis=-1)
+    return np.stack([heatmap(np.ascontiguousarray(m), colormap) for m in levels])
+
+
+def grid(
+    maps,
+    ncols: int | None = None,
+    pad: int = 1,
+    normalize_each: bool = True,
+    colormap: str | int | None = None,
+) -> np.ndarray:
+    """Tile feature maps (or any stack of 2-D maps) into one image.
+
+    Map ``i`` goes to row ``i // ncols``, column ``i % ncols``; its top-left corner is at
+    ``(row * (h + pad), col * (w + pad))``. Gaps and unused tiles are black.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray or torch.Tensor, shape (N, h, w) or (1, N, h, w)
+        E.g. one frame's feature maps ``feature_maps(model, x[:1], layer)``. Tensors are copied
+        to the host.
+    ncols : int, optional
+        Tiles per row, >= 1; default ``ceil(sqrt(N))`` (capped at ``N``).
+    pad : int
+        Black pixels between tiles, >= 0 (none around the border).
+    normalize_each : bool
+        ``True``: min-max each map to [0, 1] on its own (a constant map is black); ``False``:
+        one min-max over all maps, so tiles are comparable.
+    colormap : str or int, optional
+        ``None``: grey levels (in all three channels); else see :func:`heatmap`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 RGB, shape ``(rows * h + (rows - 1) * pad, ncols * w + (ncols - 1) * pad, 3)``
+        with ``rows = ceil(N / ncols)``.
+
+    Raises
+    ------
+    InputError
+        For maps that are not a non-empty finite (N, h, w) stack, or bad ``ncols`` / ``pad``.
+    UnknownNameError
+        For an unknown colormap.
+
+    Examples
+    --------
+    >>> grid(np.random.rand(5, 4, 6), ncols=3, pad=2).shape
+    (10, 22, 3)
+    """
+    m = _to_numpy(maps, "maps")
+    if m.ndim == 4 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 3:
+        raise InputError(f"maps must be (N, h, w) or (1, N, h, w), got shape {m.shape}")
+    return _tile(_colour(_levels(m, normalize_each), colormap), ncols, pad)
+
+
+def weights_grid(
+    conv,
+    ncols: int | None = None,
+    pad: int = 1,
+    normalize_each: bool = True,
+    colormap: str | int | None = None,
+    mode: str = "mean",
+    scale: int = 1,
+) -> np.ndarray:
+    """Tile a conv layer's filters into one image.
+
+    A layer with 3 input channels (the first layer of an RGB model) shows each filter in
+    colour: tile ``o`` is ``weight[o]`` as an RGB image (input channel 0 -> red, 1 -> green,
+    2 -> blue), min-max normalised over its three channels together (``colormap`` is ignored).
+    Any other layer shows grey (or colour-mapped) tiles: with ``mode="mean"`` one tile per
+    filter, the mean over its input channels; with ``mode="channels"`` one tile per (filter,
+    input channel) pair, a row per filter (``ncols`` defaults to the input channel count).
+
+    Parameters
+    ----------
+    conv : nn.Conv2d, or numpy.ndarray / torch.Tensor of shape (O, I, kh, kw)
+        The layer (its ``weight`` is used) or a weight array.
+    ncols, pad, normalize_each, colormap
+        See :func:`grid`; ``normalize_each=False`` uses one min-max over all the weights.
+    mode : {"mean", "channels"}
+        How a layer with other than 3 input channels is shown (see above).
+    scale : int
+        Integer nearest-neighbour enlargement of the result, >= 1 (kernels are tiny).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 RGB, shape as in :func:`grid` (times ``scale``), tiles of ``kh x kw``.
+
+    Raises
+    ------
+    InputError
+        For a weight that is not 4-D, or bad options.
+    UnknownNameError
+        For an unknown ``mode`` or colormap.
+    """
+    weight = getattr(conv, "weight", conv)
+    w = _to_numpy(weight, "conv weight")
+    if w.ndim != 4:
+        raise InputError(f"conv weight must be (O, I, kh, kw), got shape {w.shape}")
+    if mode not in ("mean", "channels"):
+        raise UnknownNameError(f"unknown mode {mode!r} (known: mean, channels)")
+    out_ch, in_ch = w.shape[:2]
+    if in_ch == 3:
+        tiles = _levels(w, normalize_each).transpose(0, 2, 3, 1)  # (O, kh, kw, 3) RGB
+        out = _tile(np.ascontiguousarray(tiles), ncols, pad)
+    elif mode == "mean":
+        out = grid(w.mean(axis=1), ncols, pad, normalize_each, colormap)
+    else:
+        out = grid(w.reshape(out_ch * in_ch, *w.shape[2:]), in_ch if ncols is None else ncols, pad, normalize_each, colormap)
+    return upscale(out, scale)
+
+
+def crop(
+    frame: np.ndarray,
+    saliency_map,
+    threshold: float = 0.5,
+    region: Region | None = None,
+) -> tuple[np.ndarray, Region]:
+    """Cut out the most salient area of a frame.
+
+    The map is min-max normalised to [0, 1] (:func:`normalize`) and placed into ``region``
+    (:func:`resize_to_frame`, bilinear); the pixels of ``region`` whose value is
+    ``>= threshold`` form a mask, and the bounding box of its largest 8-connected component
+    (``cv2.connectedComponentsWithStats``; the first one on a tie) is cut out of the frame.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        uint8, shape (H, W, 3), RGB.
+    saliency_map : numpy.ndarray or torch.Tensor, shape (h, w)
+        Raw map, any resolution.
+    threshold : float
+        In (0, 1], on the normalised map.
+    region : (y0, y1, x0, x1), optional
+        The part of the frame the map covers; default the whole frame.
+
+    Returns
+    -------
+    crop : numpy.ndarray
+        uint8 ``(y1 - y0, x1 - x0, 3)``, a copy of ``frame[y0:y1, x0:x1]``.
+    box : (int, int, int, int)
+        ``(y0, y1, x0, x1)`` in frame pixels, end-exclusive.
+
+    Raises
+    ------
+    InputError
+        For a bad frame, map, region or threshold, or a constant map (all zeros included),
+        which has no salient area.
+    """
+    frame = _frame(frame)
+    m = _map2d(saliency_map)
+    threshold = _unit_interval(threshold, "threshold")
+    if threshold == 0.0:
+        raise InputError("threshold must be > 0")
+    if not np.any(m != m.flat[0]):
+        raise InputError("saliency map is constant (e.g. all zeros): there is no salient area to crop")
+    y0, y1, x0, x1 = _region(region, frame.shape[0], frame.shape[1])
+    placed = resize_to_frame(normalize(m), frame.shape, (y0, y1, x0, x1))[y0:y1, x0:x1]
+    mask = (placed >= threshold).astype(np.uint8)
+    count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:  # bilinear resizing can smooth the peak below the threshold
+        raise InputError(f"no pixel of the placed map reaches threshold {threshold}; lower it")
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    left, top = int(stats[best, cv2.CC_STAT_LEFT]), int(stats[best, cv2.CC_STAT_TOP])
+    width, height = int(stats[best, cv2.CC_STAT_WIDTH]), int(stats[best, cv2.CC_STAT_HEIGHT])
+    box = (y0 + top, y0 + top + height, x0 + left, x0 + left + width)
+    return frame[box[0] : box[1], box[2] : box[3]].copy(), box
