@@ -3,6 +3,9 @@
 ``fastviz overlay [INPUT] -o OUTPUT``: saliency video of a drive log, video file or image
 folder (default: the bundled held-out CarRacing log) through a model (default: the bundled
 ``pilotnet-carracing``) with a saliency method (default: ``visual_backprop``).
+``--method backprojection`` is model-free (:mod:`fastviz.methods.backprojection`, OpenCV colour
+rarity): no model is loaded (``--model`` and ``--device`` are ignored), the map covers the whole
+frame, and the model methods' options (``--layer``, ``--target``, ...) are errors.
 
 Everything that can be checked is checked before the output is created: the model loads, the
 method exists and takes the options given, the input opens and its first batch goes through the
@@ -38,6 +41,15 @@ EXIT_INTERRUPTED = 130
 #: Frames are enlarged by a whole factor up to about this many pixels on their long side,
 #: unless ``--scale`` is given (CarRacing's 96 x 96 frames: x4).
 AUTO_SCALE_TARGET = 384
+
+#: The model-free method: frames -> maps with OpenCV, no model forward (not in the registry).
+BACKPROJECTION = "backprojection"
+
+
+def _method_names() -> list[str]:
+    """``--method`` choices: the registry's names, then the model-free ``backprojection``."""
+    names = list(fastviz.methods())
+    return names if BACKPROJECTION in names else [*names, BACKPROJECTION]
 
 
 class _UsageError(Exception):
@@ -184,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument(
         "--method",
         default="visual_backprop",
-        choices=fastviz.methods(),
+        choices=_method_names(),
         metavar="NAME",
-        help=f"saliency method: {', '.join(fastviz.methods())} (default: %(default)s; occlusion costs "
-        "~1,900 forward passes per frame)",
+        help=f"saliency method: {', '.join(_method_names())} (default: %(default)s; occlusion costs "
+        "~1,900 forward passes per frame; backprojection is model-free: --model and --device are ignored)",
     )
     ov.add_argument("--layout", default="overlay", choices=rd.LAYOUTS, help="display (default: %(default)s)")
     ov.add_argument("--batch", type=_positive_int, default=16, metavar="N", help="frames per batch (default: %(default)s)")
@@ -253,9 +265,13 @@ def _device(text: str) -> torch.device:
 def _method_options(args: argparse.Namespace) -> dict:
     """The method keywords given on the command line, checked against the method's signature."""
     try:
-        from .methods.registry import get
+        if args.method == BACKPROJECTION:
+            from .methods.backprojection import backprojection_maps as method
+        else:
+            from .methods.registry import get
 
-        params = dict(inspect.signature(get(args.method)).parameters)
+            method = get(args.method)
+        params = dict(inspect.signature(method).parameters)
     except (ImportError, TypeError, ValueError):  # no signature to check against: pass options on
         params = {}
     takes_any = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -265,7 +281,7 @@ def _method_options(args: argparse.Namespace) -> dict:
         if value is None:
             continue
         if keyword not in params and not takes_any:
-            raise InputError(f"--{option} does not apply to method {args.method!r}")
+            raise InputError(f"--{option.replace('_', '-')} does not apply to method {args.method!r}")
         opts[keyword] = value
     return opts
 
@@ -294,18 +310,24 @@ def _overlay(args: argparse.Namespace) -> int:
     codec_for(output)  # unknown extension: fail before any work
     if not output.parent.is_dir():
         raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
-    device = _device(args.device)
-    model = fastviz.models.load(args.model, device)
+    model = None  # --method backprojection: model-free, no model loaded
+    if args.method != BACKPROJECTION:
+        device = _device(args.device)
+        model = fastviz.models.load(args.model, device)
     opts = _method_options(args)
     source = open_source(args.input, fps=args.fps)
     if source.path.resolve() == output.resolve():
         raise InputError(f"output {output} would overwrite the input")
     height, width = source.shape[:2]
-    region = model.transform.region(height, width)
+    region = (0, height, 0, width) if model is None else model.transform.region(height, width)
     scale = args.scale or max(1, AUTO_SCALE_TARGET // max(height, width))
     look = dict(region=region, scale=scale, alpha=args.alpha, colormap=args.colormap, clip=args.clip)
 
     def saliency(frames: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
+        if model is None:
+            from .methods.backprojection import backprojection_maps
+
+            return backprojection_maps(frames, **opts)
         if x is None:
             x = model.preprocess(frames)
         maps = fastviz.explain(model, x, method=args.method, **opts)
@@ -315,16 +337,18 @@ def _overlay(args: argparse.Namespace) -> int:
     try:
         first_started = time.time()
         first = next(batches)
-        x = model.preprocess(first)
-        try:
-            with torch.no_grad():
-                model(x)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as exc:
-            raise InputError(
-                f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
-            ) from None
+        x = None
+        if model is not None:
+            x = model.preprocess(first)
+            try:
+                with torch.no_grad():
+                    model(x)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                raise InputError(
+                    f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
+                ) from None
         first_maps = saliency(first, x)
         picture = rd.render(first[0], first_maps[0], args.layout, **look)
 

@@ -359,3 +359,101 @@ def test_subprocess_success(assets, tmp_path, out_dir):
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     assert proc.stdout.count("\n") == 1 and "2 frames" in proc.stdout
     assert decode_all(out).shape[0] == 2
+
+
+# --------------------------------------------------------------------------- --method backprojection (model-free)
+
+
+def test_backprojection_is_a_method_choice(capsys):
+    args = cli.build_parser().parse_args(["overlay", "-o", "x.mp4", "--method", "backprojection"])
+    assert args.method == "backprojection"
+    assert cli.main(["overlay", "--help"]) == 0
+    assert "backprojection" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout, width_factor", [("overlay", 1), ("focus", 1), ("side-by-side", 3)])
+def test_backprojection_end_to_end(assets, out_dir, capsys, layout, width_factor):
+    out = out_dir / "out.mp4"
+    rc = cli.main(["overlay", *assets["input"], "-o", str(out), "--method", "backprojection", "--layout", layout,
+                   "--max-frames", "3", "--batch", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["out.mp4"]
+    assert decode_all(out).shape == (3, 384, 384 * width_factor, 3)
+    summary = captured.out.strip().splitlines()
+    assert len(summary) == 1 and "3 frames (backprojection" in summary[0]
+    assert "Traceback" not in captured.err
+
+
+def test_backprojection_loads_no_model(assets, out_dir, monkeypatch, capsys):
+    """Model-free: --model (even an unknown one) and --device are ignored, nothing is explained."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("backprojection must not load a model")
+
+    monkeypatch.setattr(fastviz.models, "load", no_model)
+    monkeypatch.setattr(fastviz, "explain", no_model)
+    out = out_dir / "o.mkv"
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out), "--method", "backprojection"]
+    assert cli.main([*argv, "--model", "no-such-model", "--device", "cuda:7", "--scale", "1", "-q"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert decode_all(out).shape == (6, 96, 96, 3)
+
+
+def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
+    """alpha 1: every pixel, the dashboard rows a model would crop away included, is the
+    colormap of the frame's own back-projection map."""
+    from fastviz import render as rd
+    from fastviz.methods.backprojection import backprojection_maps
+
+    frames = assets["stand_in_frames"]
+    out = out_dir / "a1.mkv"
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out), "--method", "backprojection"]
+    assert cli.main([*argv, "--alpha", "1", "--scale", "1", "--batch", "4", "-q"]) == 0
+    video = decode_all(out)
+    maps = backprojection_maps(frames)
+    expected = np.stack([rd.render(f, m, "overlay", region=(0, 96, 0, 96), scale=1, alpha=1.0) for f, m in zip(frames, maps)])
+    np.testing.assert_array_equal(video, expected)
+    assert not (video[:, 84:] == frames[:, 84:]).all()  # the bottom rows are painted too
+
+
+BACKPROJECTION_BAD_INPUTS = [
+    "missing input",
+    "not a video",
+    "empty file",
+    "video without frames",
+    "folder without images",
+    "unreadable image",
+    "images of two sizes",
+    "truncated video",
+    "option of another method",
+    "bad batch",
+    "unknown colormap",
+    "unknown layout",
+]
+
+
+@pytest.mark.parametrize("name", BACKPROJECTION_BAD_INPUTS)
+def test_backprojection_bad_input_one_line_no_output(assets, tmp_path, out_dir, capsys, name):
+    argv = _bad_inputs(assets, tmp_path)[name]
+    quiet = ["-q"] if name in ("images of two sizes", "truncated video") else []  # fail mid-stream
+    rc = cli.main(["overlay", *argv, "--method", "backprojection", "-o", str(out_dir / "out.mp4"), *quiet])
+    captured = capsys.readouterr()
+    assert rc == 2
+    one_error_line(captured.err)
+    assert captured.out == ""
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra, option",
+    [(["--layer", "features.5"], "--layer"), (["--target", "top"], "--target"), (["--windows", "8"], "--windows"),
+     (["--stride", "4"], "--stride"), (["--baseline", "mean"], "--baseline"), (["--memory-budget", "1GiB"], "--memory-budget")],
+)
+def test_backprojection_rejects_model_method_options(assets, out_dir, capsys, extra, option):
+    argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out_dir / "o.mp4"), "--method", "backprojection"]
+    assert cli.main([*argv, *extra, "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert option in line and "backprojection" in line
+    assert list(out_dir.iterdir()) == []
