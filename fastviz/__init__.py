@@ -11,18 +11,40 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 """
 
 from . import data, errors, kernels, models, render, scheduler, targets, video
-from .methods import explain, grad_cam, methods, occlusion, visual_backprop
+from .methods import (
+    backprojection,
+    cam,
+    explain,
+    feature_maps,
+    filter_visualization,
+    grad_cam,
+    guided_backprop,
+    hypercolumns,
+    layers,
+    methods,
+    occlusion,
+    saliency,
+    visual_backprop,
+)
 
 __all__ = [
+    "backprojection",
+    "cam",
     "data",
     "errors",
     "explain",
+    "feature_maps",
+    "filter_visualization",
     "grad_cam",
+    "guided_backprop",
+    "hypercolumns",
     "kernels",
+    "layers",
     "methods",
     "models",
     "occlusion",
     "render",
+    "saliency",
     "scheduler",
     "targets",
     "video",

@@ -86,11 +86,21 @@ def test_overlay_end_to_end(assets, out_dir, capsys, layout, width_factor):
     assert "Traceback" not in captured.err
 
 
+#: Methods whose structure PilotNet lacks: the CLI must refuse them with one readable line.
+NOT_FOR_PILOTNET = {"cam": "global average pool"}
+
+
 @pytest.mark.parametrize("method", fastviz.methods())
 def test_every_registered_method_runs(assets, out_dir, capsys, method):
     out = out_dir / "out.mkv"
     argv = ["overlay", *assets["input"], "-o", str(out), "--model", assets["model"], "--method", method]
     rc = cli.main([*argv, *FAST_OPTIONS.get(method, []), "--max-frames", "2", "--batch", "2", "--scale", "1", "-q"])
+    if method in NOT_FOR_PILOTNET:  # PilotNet has no conv -> GAP -> linear head
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("fastviz: error:"), err
+        assert NOT_FOR_PILOTNET[method] in err[0]
+        assert not any(out_dir.iterdir())
+        return
     assert rc == 0, capsys.readouterr().err
     assert decode_all(out).shape == (2, 96, 96, 3)
 
