@@ -179,13 +179,27 @@ class Plan:
         return {**asdict(self), "predicted_peak_bytes": self.predicted_peak_bytes}
 
 
+#: RuntimeError messages of allocation failures that do not raise torch.OutOfMemoryError.
+_OOM_MESSAGES = (
+    "can't allocate memory",  # PyTorch's CPU allocator
+    "not enough memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "MPS backend out of memory",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA), or the
-    ``RuntimeError`` PyTorch's CPU allocator raises when the system cannot give it memory."""
+    """Whether ``exc`` is an allocation failure: ``torch.OutOfMemoryError``, a Python/numpy
+    ``MemoryError``, or one of the ``RuntimeError`` messages of allocators that raise no
+    dedicated type (PyTorch's CPU allocator, cuBLAS/cuDNN workspaces)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
+    if isinstance(exc, MemoryError):  # numpy and Python allocations (the CPU kernels' buffers)
+        return not isinstance(exc, OutOfBudgetError)
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
+    return isinstance(exc, RuntimeError) and any(s in text for s in _OOM_MESSAGES)
 
 
 def _release(device: torch.device) -> None:
@@ -200,7 +214,9 @@ def run_chunks(p: Plan, step, device: torch.device | str) -> Plan:
     """Run ``step(r0, r1)`` over the rows ``[0, p.rows)`` in chunks of ``p.chunk``, backing off
     on out-of-memory.
 
-    ``step`` computes rows ``r0 .. r1`` and stores their results; finished chunks are kept.
+    ``step`` computes rows ``r0 .. r1`` and stores their results (it may run again for the
+    same rows after a failure, so it must only write its own results); finished chunks are
+    kept, and a halved chunk stays halved for the rest of the run.
     When a chunk runs out of memory (:func:`is_out_of_memory`), what it held is freed, the
     chunk size is halved and the same rows are tried again; any other error propagates
     unchanged.
@@ -220,20 +236,22 @@ def run_chunks(p: Plan, step, device: torch.device | str) -> Plan:
     chunk, r0, passes, backoffs = p.chunk, 0, 0, 0
     while r0 < p.rows:
         r1 = min(r0 + chunk, p.rows)
-        failed = False
+        failed = ""
         try:
             step(r0, r1)
         except Exception as exc:  # noqa: BLE001 - re-raised unless it is an allocation failure
             if not is_out_of_memory(exc):
                 raise
-            failed = True  # leave the except block first, so the traceback's tensors can go
+            failed = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # leave the except block first, so the traceback's tensors can go
         if failed:
             _release(device)
             if chunk == 1:
                 raise OutOfBudgetError(
                     f"out of memory on {device} with one row per forward pass: the budget is "
                     f"{p.budget_bytes / 2**20:.0f} MiB and the model needs about "
-                    f"{p.row_bytes * SAFETY / 2**20:.1f} MiB per row; free memory on the device or raise memory_budget"
+                    f"{p.row_bytes * SAFETY / 2**20:.1f} MiB per row; free memory on the device or raise memory_budget "
+                    f"(allocator: {failed})"
                 ) from None
             chunk = max(1, chunk // 2)
             backoffs += 1
@@ -318,10 +336,13 @@ def plan(
         chunk = max(1, int(budget // (row_bytes * SAFETY)))
         if row.device.type == "cpu":
             chunk = min(chunk, max(1, CPU_CHUNK_BYTES // row_bytes))
+    chunk = max(1, min(chunk, rows))
     if row_bytes * SAFETY > budget:
         log.warning("memory budget of %.1f MiB is below one row's measured need of %.1f MiB: running one row per pass",
                     budget / 2**20, row_bytes * SAFETY / 2**20)
-    chunk = max(1, min(chunk, rows))
+    elif chunk * row_bytes * SAFETY > budget:
+        log.warning("chunk of %d rows is predicted to need %.1f MiB, above the memory budget of %.1f MiB",
+                    chunk, chunk * row_bytes * SAFETY / 2**20, budget / 2**20)
     passes = -(-rows // chunk)
     p = Plan(rows=rows, chunk=chunk, passes=passes, row_bytes=row_bytes, budget_bytes=budget)
     _publish(p)

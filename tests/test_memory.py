@@ -32,6 +32,8 @@ class MemoryLimited(nn.Module):
             self.failures += 1
             if self.error == "cuda":
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if self.error == "python":
+                raise MemoryError("Unable to allocate 3.00 GiB for an array")
             raise RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate {x.numel() * 4000} bytes")
         return self.net(x)
 
@@ -49,7 +51,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("error", ["cuda", "cpu-allocator"])
+@pytest.mark.parametrize("error", ["cuda", "cpu-allocator", "python"])
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_back_off_gives_the_unconstrained_result(method, error):
     n, kwargs = CASES[method]
@@ -71,7 +73,7 @@ def test_back_off_gives_the_unconstrained_result(method, error):
 def test_one_row_out_of_memory_names_budget_and_need():
     x = frames(4)
     net = MemoryLimited(materialise(small_convnet(), x[:1]), limit=0, skip=1).eval()  # the plan's probe passes
-    with pytest.raises(OutOfBudgetError, match=r"one row per forward pass: the budget is 64 MiB and the model needs about [0-9.]+ MiB per row"):
+    with pytest.raises(OutOfBudgetError, match=r"one row per forward pass: the budget is 64 MiB and the model needs about [0-9.]+ MiB per row.*\(allocator: CUDA out of memory"):
         fv.visual_backprop(net, x, memory_budget="64MiB")
     assert isinstance(OutOfBudgetError("x"), MemoryError)
 
@@ -128,3 +130,30 @@ def test_plans_are_recorded_and_visible():
     assert (planned.rows, planned.chunk, planned.passes) == (5, 2, 3)
     assert (ran.passes, ran.backoffs) == (3, 0)
     assert ran.as_dict()["predicted_peak_bytes"] == 2 * ran.row_bytes * fv.scheduler.SAFETY
+
+
+def test_occlusion_clean_pass_backs_off_too():
+    """More frames than fit in one pass: the clean pass is chunked and backs off as well."""
+    x = frames(5)
+    net = materialise(small_convnet(), x[:1])
+    tight = MemoryLimited(net, limit=2).eval()
+    want = fv.occlusion(MemoryLimited(net, limit=10**9).eval(), x, windows=(6,), stride=5, chunk_size=2)
+    got = fv.occlusion(tight, x, windows=(6,), stride=5)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert tight.failures >= 1
+
+
+def test_fixed_chunk_above_the_budget_warns(caplog):
+    x = frames(2)
+    net = materialise(small_convnet(), x[:1])
+    with caplog.at_level("WARNING", logger="fastviz.scheduler"):
+        fv.scheduler.plan(net, x[:1], rows=5000, memory_budget="1MiB", chunk=5000)
+    assert "above the memory budget" in caplog.text
+
+
+def test_is_out_of_memory():
+    oom = fv.scheduler.is_out_of_memory
+    assert oom(torch.OutOfMemoryError("x")) and oom(MemoryError("x"))
+    assert oom(RuntimeError("CUDA error: out of memory")) and oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling"))
+    assert not oom(RuntimeError("shape mismatch")) and not oom(ValueError("can't allocate memory"))
+    assert not oom(OutOfBudgetError("already reported"))

@@ -135,5 +135,5 @@ def test_pooling_gap_uses_the_torch_chain_under_auto():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).eval()
     x = torch.rand(1, 3, 16, 16)
     torch.testing.assert_close(fv.visual_backprop(net, x), fv.visual_backprop(net, x, backend="torch"))
-    with pytest.raises(ValueError, match="pool|size"):
+    with pytest.raises(InputError, match="pool|size"):
         fv.visual_backprop(net, x, backend="cpu")

@@ -147,7 +147,10 @@ def _visual_backprop_rows(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv
         raise InputError("none of the conv layers ran in the forward pass")
     with torch.no_grad():
         geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
-        m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
+        try:
+            m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
+        except ValueError as exc:  # e.g. backend="cpu" on a chain with pooling between convs
+            raise InputError(f"VisualBackProp upscaling: {exc}") from None
         if m.shape[-2:] != x.shape[-2:]:
             m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         lo = m.amin(dim=(1, 2), keepdim=True)
