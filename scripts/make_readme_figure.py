@@ -1,12 +1,15 @@
-"""Regenerate docs/methods.png: one frame of the bundled held-out drive log under each method.
+"""Regenerate docs/methods.png: one frame of the bundled held-out drive log under every method.
 
 Usage: python scripts/make_readme_figure.py [--frame N] [--out docs/methods.png]
 
-Panels (left to right): the frame as recorded; VisualBackProp overlay; occlusion (|delta|,
-windows 8/16/32 at stride 4) overlay; Grad-CAM with the steering-direction target overlay;
-the focus display (occlusion's salient area sharp over a blurred frame). Frames are
-96x96 and shown 4x larger; maps cover only the part of the frame the model sees (the dashboard
-strip at the bottom is cropped away by the model's preprocessing).
+Top row: the frame as recorded; occlusion (|delta|, windows 8/16/32 at stride 4);
+VisualBackProp; Grad-CAM with the steering-direction target; the focus display (occlusion's
+salient area sharp over a blurred frame). Bottom row: gradient saliency; guided backprop;
+hypercolumns; histogram-backprojection saliency (model-free); the crop of the region that
+mattered (occlusion, threshold 0.5) outlined on the frame. CAM needs a conv -> global average
+pool -> linear head, which PilotNet does not have, so it is not shown. Frames are 96x96 and
+shown 4x larger; model maps cover only the part of the frame the model sees (the dashboard strip
+at the bottom is cropped away by the model's preprocessing).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import cv2
 import numpy as np
 
 import fastviz as fv
+from fastviz.methods.backprojection import backprojection_maps
 
 
 def main() -> None:
@@ -33,27 +37,45 @@ def main() -> None:
     frame = log.frames[i]
     x = model.preprocess(frame[None])
     region = model.transform.region(*frame.shape[:2])
-    maps = {
-        "VisualBackProp": fv.visual_backprop(model, x),
+    steering = fv.targets.Steering()
+    model_maps = {
         "occlusion |delta|": fv.occlusion(model, x, score="abs"),
-        "Grad-CAM (steering)": fv.grad_cam(model, x, target=fv.targets.Steering()),
+        "VisualBackProp": fv.visual_backprop(model, x),
+        "Grad-CAM (steering)": fv.grad_cam(model, x, target=steering),
+        "saliency": fv.saliency(model, x),
+        "guided backprop": fv.guided_backprop(model, x),
+        "hypercolumns": fv.hypercolumns(model, x),
     }
     scale = 4
-    panels = [fv.render.upscale(frame, scale)]
-    labels = [f"frame {i}: {np.degrees(log.steering[i]):+.1f} deg"]
-    for name, m in maps.items():
-        panels.append(fv.render.render(frame, m[0].numpy(), "overlay", region=region, scale=scale, labels=False))
-        labels.append(name)
-    panels.append(fv.render.render(frame, maps["occlusion |delta|"][0].numpy(), "focus", region=region, scale=scale, labels=False))
-    labels.append("focus (occlusion)")
-    picture = fv.render.side_by_side(panels, labels=labels)
+
+    def overlay(m: np.ndarray, reg=region) -> np.ndarray:
+        return fv.render.render(frame, m, "overlay", region=reg, scale=scale, labels=False)
+
+    occ = model_maps["occlusion |delta|"][0].numpy()
+    _, (y0, y1, x0, x1) = fv.render.crop(frame, occ, threshold=0.5, region=region)
+    outlined = fv.render.upscale(frame, scale).copy()
+    cv2.rectangle(outlined, (x0 * scale, y0 * scale), (x1 * scale - 1, y1 * scale - 1), (255, 255, 0), 2)
+    top = [
+        (f"frame {i}: {np.degrees(log.steering[i]):+.1f} deg", fv.render.upscale(frame, scale)),
+        *[(name, overlay(model_maps[name][0].numpy())) for name in ("occlusion |delta|", "VisualBackProp", "Grad-CAM (steering)")],
+        ("focus (occlusion)", fv.render.render(frame, occ, "focus", region=region, scale=scale, labels=False)),
+    ]
+    bottom = [
+        *[(name, overlay(model_maps[name][0].numpy())) for name in ("saliency", "guided backprop", "hypercolumns")],
+        ("backprojection (no model)", overlay(backprojection_maps(frame[None])[0], reg=None)),
+        ("crop (occlusion)", outlined),
+    ]
+    rows = [fv.render.side_by_side([p for _, p in r], labels=[t for t, _ in r]) for r in (top, bottom)]
+    picture = np.concatenate(rows, axis=0)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)
     if not cv2.imwrite(str(tmp), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise SystemExit(f"cannot write {out}")
     os.replace(tmp, out)
-    with __import__("torch").no_grad():
+    import torch
+
+    with torch.no_grad():
         pred = float(model(x)[0, 0])
     print(f"frame {i}: recorded {log.steering[i]:+.3f} rad, predicted {pred:+.3f} rad -> {out}")
 
