@@ -98,6 +98,16 @@ def layer_activation_and_gradient(
     return activation.detach(), grad, clean
 
 
+def _store(maps: list[torch.Tensor], m: torch.Tensor, x: torch.Tensor, r0: int, r1: int, upsample: bool) -> None:
+    """Write a chunk's maps ``(b, h, w)`` into ``maps[0]`` (allocated on the first chunk, float32),
+    bilinearly resized to ``x``'s size when ``upsample``."""
+    if upsample and m.shape[-2:] != x.shape[-2:]:
+        m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    if not maps:
+        maps.append(torch.empty(x.shape[0], *m.shape[1:], device=x.device, dtype=torch.float32))
+    maps[0][r0:r1] = m
+
+
 def _cam(model, x, layer, target, upsample: bool, weigh: Weigher, memory_budget=None, chunk_size=None) -> torch.Tensor:
     check_input(model, x)
     maps: list[torch.Tensor] = []  # one tensor, allocated once the first chunk gives the map size
@@ -114,11 +124,7 @@ def _cam(model, x, layer, target, upsample: bool, weigh: Weigher, memory_budget=
                 raise InputError(f"target layer {layer_name(model, module)!r} must output (B, K, h, w), got {tuple(a.shape)}")
             with torch.no_grad():
                 cam = F.relu((weigh(a, g).view(a.shape[0], a.shape[1], 1, 1) * a).sum(dim=1))
-                if upsample and cam.shape[-2:] != x.shape[-2:]:
-                    cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
-                if not maps:
-                    maps.append(torch.empty(x.shape[0], *cam.shape[1:], device=x.device, dtype=torch.float32))
-                maps[0][r0:r1] = cam
+                _store(maps, cam, x, r0, r1, upsample)
 
         scheduler.run_chunks(p, step, x.device)
     return maps[0]
@@ -354,11 +360,7 @@ def cam(
             with torch.no_grad():
                 w = linear.weight.detach()[rows.to(linear.weight.device)]  # (b, K)
                 m = torch.einsum("bk,bkhw->bhw", w.to(a.dtype), a)
-                if upsample and m.shape[-2:] != x.shape[-2:]:
-                    m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
-                if not maps:
-                    maps.append(torch.empty(x.shape[0], *m.shape[1:], device=x.device, dtype=torch.float32))
-                maps[0][r0:r1] = m
+                _store(maps, m, x, r0, r1, upsample)
 
         scheduler.run_chunks(p, step, x.device)
     return maps[0]
