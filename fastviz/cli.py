@@ -1,5 +1,7 @@
 """The ``fastviz`` command line.
 
+``fastviz bench``: what each saliency method costs on a model (:mod:`fastviz.bench`).
+
 ``fastviz overlay [INPUT] -o OUTPUT``: saliency video of a drive log, video file or image
 folder (default: the bundled held-out CarRacing log) through a model (default: the bundled
 ``pilotnet-carracing``) with a saliency method (default: ``visual_backprop``).
@@ -161,6 +163,27 @@ def _colormap_name(text: str) -> str:
     return text.lower()
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    from .bench import parse_input_size
+
+    try:
+        return parse_input_size(text)
+    except fastviz.errors.FastvizError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _method_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
+    unknown = [n for n in names if n not in fastviz.methods()]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {', '.join(map(repr, unknown))}; registered methods: {', '.join(fastviz.methods())}"
+        )
+    return list(dict.fromkeys(names))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -238,6 +261,42 @@ def build_parser() -> argparse.ArgumentParser:
         "threshold in degrees), class:K or top (default: the single output, or the top class)",
     )
     ov.set_defaults(run=_overlay)
+
+    bn = commands.add_parser(
+        "bench",
+        help="measure what each saliency method costs on a model: table, JSON, CSV, PNG",
+        description=(
+            "Run every method (or --methods) on --frames random inputs, warm-up then timed runs, and print "
+            "one row per method: ms per frame (median, p10, p90), frames/s, forward passes per frame and "
+            "peak memory. Methods that do not apply to the model are listed as skipped. JSON: "
+            '{"schema": "fastviz.bench/1", "machine": {cpu, gpu, torch, numba}, "records": [{method, device, '
+            "batch, frames, ms_per_frame, ms_per_frame_p10, ms_per_frame_p90, frames_per_s, "
+            "forward_passes_per_frame, peak_memory_bytes, skipped}, ...]} (null where not measured); CSV: the "
+            "same record columns then cpu, gpu, torch, numba, one row per method."
+        ),
+    )
+    bn.add_argument(
+        "--model", default="pilotnet", metavar="NAME|PATH",
+        help="pilotnet (bundled pilotnet-carracing, 66x200), resnet50 (ResNet-50-sized, random weights, "
+        "224x224), a .safetensors file, or an import path package.module:ClassName (default: %(default)s)",
+    )
+    bn.add_argument("--weights", metavar="FILE",
+                    help="weights for an import-path model: .safetensors, .pt or .pth state dict, loaded weights-only")
+    bn.add_argument("--input-size", type=_input_size, metavar="HxW",
+                    help="input height x width in the model's input space (default: the model's own)")
+    bn.add_argument("--methods", type=_method_list, metavar="A,B,...",
+                    help=f"methods to measure (default: all: {', '.join(fastviz.methods())})")
+    bn.add_argument("--frames", type=_positive_int, default=8, metavar="N", help="random frames per run (default: %(default)s)")
+    bn.add_argument("--batch", type=_positive_int, metavar="B", help="frames per call (default: all frames at once)")
+    bn.add_argument("--device", default="cpu", metavar="cpu|cuda", help="torch device (default: %(default)s)")
+    bn.add_argument("--memory-budget", type=_memory_budget, metavar="X",
+                    help="memory budget passed to every method that takes one: 512MiB, 8GiB, bytes or a fraction")
+    bn.add_argument("--repeats", type=_positive_int, default=5, metavar="N", help="timed runs (default: %(default)s)")
+    bn.add_argument("--warmup", type=_positive_int, default=1, metavar="N", help="untimed runs first (default: %(default)s)")
+    bn.add_argument("--json", metavar="FILE", help="write the records and the machine as JSON")
+    bn.add_argument("--csv", metavar="FILE", help="write one CSV row per method")
+    bn.add_argument("--plot", metavar="FILE.png", help="write a bar chart of ms per frame (log scale) as PNG")
+    bn.set_defaults(run=_bench)
     return parser
 
 
@@ -374,6 +433,67 @@ def _overlay(args: argparse.Namespace) -> int:
         f"fastviz: {written} frames ({args.method}, {args.layout}) in {seconds:.1f} s "
         f"({written / max(seconds, 1e-9):.1f} frames/s) -> {output}"
     )
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def _check_output(path_text: str | None, suffix: str | None = None) -> Path | None:
+    if path_text is None:
+        return None
+    path = Path(path_text)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise InputError(f"cannot write {path}: the plot is a PNG file, name it *{suffix}")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"cannot write {path}: permission denied")
+    return path
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench as fb
+
+    outputs = {"json": _check_output(args.json), "csv": _check_output(args.csv), "plot": _check_output(args.plot, ".png")}
+    given = [p.resolve() for p in outputs.values() if p is not None]
+    if len(set(given)) < len(given):
+        raise InputError("--json, --csv and --plot must name different files")
+    if outputs["plot"] is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install matplotlib") from None
+    device = _device(args.device)
+    model, default_size = fb.load_model(args.model, args.weights, device)
+    size = args.input_size or default_size
+    if size is None:
+        raise InputError(f"--input-size HxW is needed for model {args.model}")
+    info = fb.machine(device)
+    names = args.methods or fastviz.methods()
+    options = {k: v for k, v in fb.BENCH_MODEL_OPTIONS.get(args.model, {}).items() if k in names}
+    records = fb.bench(model, size, methods=names, frames=args.frames, device=device, batch=args.batch,
+                       memory_budget=args.memory_budget, repeats=args.repeats, warmup=args.warmup,
+                       method_options=options)
+    written: list[Path] = []
+    try:
+        for key, write in (("json", fb.to_json), ("csv", fb.to_csv)):
+            if outputs[key] is not None:
+                written.append(write(records, outputs[key], info))
+        if outputs["plot"] is not None:
+            if all(r.skipped is not None for r in records):
+                raise InputError("nothing to plot: every method was skipped")
+            written.append(fb.plot(records, outputs["plot"], title=f"fastviz bench: {args.model} {size[0]}x{size[1]} on {device}"))
+    except (OSError, FastvizError) as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, FastvizError):
+            raise
+        raise InputError(f"cannot write output: {exc}") from None
+    print(fb.table(records, info))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Model zoo: PilotNet and the bundled trained weights.
+"""Model zoo: PilotNet and the bundled trained weights; a ResNet-50-sized net for cost tables.
 
 Weights are stored as safetensors files, which hold tensors and string metadata only, so loading
 them never runs code (no unpickling). The metadata records the architecture and the frame
@@ -18,8 +18,28 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError, InputFileNotFoundError, UnknownNameError
 from .pilotnet import FramePreprocess, PilotNet
+from .resnet import ResNet50, resnet50_random
 
-__all__ = ["FramePreprocess", "PilotNet", "available", "load", "metadata", "save"]
+__all__ = ["FramePreprocess", "PilotNet", "ResNet50", "available", "build", "load", "metadata", "resnet50_random", "save"]
+
+#: Untrained models with random weights drawn from a fixed seed (cost tables): name -> builder.
+_RANDOM = {"resnet50-random": resnet50_random}
+
+
+def build(name: str, device: torch.device | str = "cpu", seed: int = 0) -> torch.nn.Module:
+    """An untrained model by name, with random weights drawn from ``seed``, in eval mode.
+
+    ``"resnet50-random"``: :class:`ResNet50` (ResNet-50's layout, 224 x 224 input, 1000 classes),
+    for measuring what methods cost on a classifier of that size.
+
+    Raises
+    ------
+    UnknownNameError
+        For an unknown name (the message lists the known ones).
+    """
+    if name not in _RANDOM:
+        raise UnknownNameError(f"unknown model {name!r} to build; known: {', '.join(sorted(_RANDOM))}")
+    return _RANDOM[name](seed=seed, device=device)
 
 #: Bundled trained models: name -> file inside ``fastviz/models/weights``.
 _BUNDLED = {"pilotnet-carracing": "pilotnet-carracing.safetensors"}

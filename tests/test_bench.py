@@ -1,0 +1,371 @@
+"""``fastviz bench`` and :func:`fastviz.bench.bench`: the record fields and their arithmetic,
+forward passes against the window plan, the JSON / CSV / PNG files, skipped methods, user models
+from an import path with weights-only loading, and bad arguments (API and CLI)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import fastviz
+from fastviz import bench as fb
+from fastviz import cli
+from fastviz.errors import FastvizError, InputError, InputFileNotFoundError, UnknownNameError
+from fastviz.methods.perturbation import window_grids
+
+from conftest import materialise, small_convnet
+
+#: Occlusion options that keep PilotNet's occlusion cheap.
+FAST_OCCLUSION = {"windows": (16, 32), "stride": 16}
+
+
+@pytest.fixture(scope="module")
+def pilotnet():
+    model, size = fb.load_model("pilotnet")
+    assert size == (66, 200)
+    return model
+
+
+@pytest.fixture(scope="module")
+def records(pilotnet):
+    return fb.bench(pilotnet, (66, 200), frames=3, batch=2, repeats=3, warmup=1,
+                    method_options={"occlusion": dict(FAST_OCCLUSION, chunk_size=7)})
+
+
+def by_method(records) -> dict:
+    return {r.method: r for r in records}
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_one_record_per_registered_method(records):
+    assert [r.method for r in records] == fastviz.methods()
+
+
+def test_record_fields_and_arithmetic(records):
+    for r in records:
+        assert r.device == "cpu" and r.batch == 2 and r.frames == 3
+        if r.skipped is not None:
+            continue
+        assert r.ms_per_frame > 0
+        assert r.ms_per_frame_p10 <= r.ms_per_frame <= r.ms_per_frame_p90
+        assert r.frames_per_s == pytest.approx(1000.0 / r.ms_per_frame)
+        assert r.forward_passes_per_frame > 0
+        assert r.peak_memory_bytes is None or (isinstance(r.peak_memory_bytes, int) and r.peak_memory_bytes >= 0)
+        assert set(r.as_dict()) == {f for f in fb.CSV_COLUMNS if f not in ("cpu", "gpu", "torch", "numba")}
+
+
+def test_cam_on_pilotnet_is_skipped_with_the_reason(records):
+    cam = by_method(records)["cam"]
+    assert cam.skipped and "global average pool" in cam.skipped
+    assert cam.ms_per_frame is None and cam.frames_per_s is None and cam.forward_passes_per_frame is None
+
+
+def test_occlusion_passes_equal_the_window_plan(records):
+    n = sum(len(g) for g in window_grids(66, 200, FAST_OCCLUSION["windows"], FAST_OCCLUSION["stride"]))
+    # batches of 2 and 1 frames: per batch one clean pass + ceil(windows x frames / chunk)
+    expected = sum(1 + math.ceil(n * b / 7) for b in (2, 1)) / 3
+    assert by_method(records)["occlusion"].forward_passes_per_frame == pytest.approx(expected)
+
+
+def test_one_pass_per_batch_methods(records):
+    recs = by_method(records)
+    for name in ("visual_backprop", "saliency", "grad_cam", "guided_backprop", "hypercolumns"):
+        assert recs[name].forward_passes_per_frame == pytest.approx(2 / 3), name
+
+
+def test_occlusion_default_batch_is_all_frames(pilotnet):
+    (r,) = fb.bench(pilotnet, "66x200", methods=["occlusion"], frames=2, repeats=1,
+                    method_options={"occlusion": dict(FAST_OCCLUSION, chunk_size=5)})
+    n = sum(len(g) for g in window_grids(66, 200, (16, 32), 16))
+    assert r.batch == 2
+    assert r.forward_passes_per_frame == pytest.approx((1 + math.ceil(n * 2 / 5)) / 2)
+
+
+def test_small_custom_model_and_memory_budget():
+    model = materialise(small_convnet(classes=3), torch.zeros(1, 3, 17, 23))
+    recs = fb.bench(model, (17, 23), methods=["saliency", "visual_backprop"], frames=2, repeats=1, memory_budget="64MiB")
+    assert [r.method for r in recs] == ["saliency", "visual_backprop"]
+    assert all(r.skipped is None and r.forward_passes_per_frame == pytest.approx(0.5) for r in recs)
+
+
+def test_resnet50_sized_model():
+    model = fastviz.models.build("resnet50-random")
+    assert isinstance(model, fastviz.models.ResNet50) and not model.training
+    assert 25.0e6 < sum(p.numel() for p in model.parameters()) < 26.0e6
+    again = fastviz.models.build("resnet50-random")
+    assert torch.equal(model.fc.weight, again.fc.weight)  # fixed seed
+    # small input keeps it fast; CAM applies (global average pool -> linear)
+    recs = fb.bench(model, (32, 32), methods=["cam", "grad_cam"], frames=1, repeats=1, warmup=1,
+                    method_options=fb.BENCH_MODEL_OPTIONS["resnet50"])
+    assert all(r.skipped is None and r.forward_passes_per_frame == 1.0 for r in recs)
+    with pytest.raises(UnknownNameError):
+        fastviz.models.build("resnet51")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_json_schema(records, tmp_path):
+    info = fb.machine()
+    path = fb.to_json(records, tmp_path / "bench.json", info)
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == fb.SCHEMA
+    assert set(doc["machine"]) == {"cpu", "gpu", "torch", "numba"}
+    assert doc["machine"]["torch"] == torch.__version__ and isinstance(doc["machine"]["cpu"], str)
+    assert len(doc["records"]) == len(records)
+    for rec in doc["records"]:
+        assert isinstance(rec["method"], str) and isinstance(rec["batch"], int) and isinstance(rec["frames"], int)
+        if rec["skipped"] is None:
+            for key in ("ms_per_frame", "ms_per_frame_p10", "ms_per_frame_p90", "frames_per_s", "forward_passes_per_frame"):
+                assert isinstance(rec[key], float), key
+        else:
+            assert rec["ms_per_frame"] is None
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_csv_schema(records, tmp_path):
+    path = fb.to_csv(records, tmp_path / "bench.csv", fb.machine())
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == fb.CSV_COLUMNS
+    assert [row["method"] for row in rows] == [r.method for r in records]
+    for row, r in zip(rows, records):
+        assert int(row["batch"]) == 2
+        if r.skipped is None:
+            assert float(row["ms_per_frame"]) == pytest.approx(r.ms_per_frame)
+            assert float(row["frames_per_s"]) == pytest.approx(1000.0 / float(row["ms_per_frame"]))
+            assert row["skipped"] == ""
+        else:
+            assert row["ms_per_frame"] == "" and row["skipped"] == r.skipped
+
+
+def test_plot_writes_png(records, tmp_path):
+    path = fb.plot(records, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.png"]
+
+
+def test_plot_of_only_skipped_records_is_an_error(records, tmp_path):
+    with pytest.raises(InputError, match="skipped"):
+        fb.plot([by_method(records)["cam"]], tmp_path / "x.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_table_lists_every_method(records):
+    text = fb.table(records, fb.machine())
+    for r in records:
+        assert r.method in text
+    assert "skipped:" in text and "ms/frame" in text
+
+
+# --------------------------------------------------------------------------- bad arguments (API)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(frames=0), InputError, "frames"),
+        (dict(batch=0), InputError, "batch"),
+        (dict(repeats=0), InputError, "repeats"),
+        (dict(input_size="66by200"), InputError, "input size"),
+        (dict(input_size=(0, 10)), InputError, "positive"),
+        (dict(methods=["occlusion", "nope"]), UnknownNameError, "nope"),
+        (dict(methods=[]), InputError, "no methods"),
+        (dict(memory_budget="lots"), InputError, "budget"),
+        (dict(methods=["saliency"], method_options={"occlusion": {}}), InputError, "occlusion"),
+        (dict(device="tpu"), InputError, "device"),
+    ],
+)
+def test_bad_api_arguments(pilotnet, kwargs, error, words):
+    args = dict(input_size=(66, 200), methods=["saliency"], frames=1, repeats=1)
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        fb.bench(pilotnet, **args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_unavailable_is_an_error(pilotnet):
+    with pytest.raises(InputError, match="CUDA"):
+        fb.bench(pilotnet, (66, 200), methods=["saliency"], frames=1, device="cuda")
+
+
+def test_bad_method_option_is_an_error_not_a_skip(pilotnet):
+    with pytest.raises(InputError, match="no option"):
+        fb.bench(pilotnet, (66, 200), methods=["saliency"], frames=1, repeats=1, method_options={"saliency": {"bogus": 1}})
+
+
+# --------------------------------------------------------------------------- user models
+
+
+USER_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class GapNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+    class NeedsArgs(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+
+    class NotAModule:
+        pass
+    """
+)
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """A module ``benchusernet`` on sys.path, and weights of a GapNet with other values."""
+    (tmp_path / "benchusernet.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("benchusernet")
+    torch.manual_seed(123)
+    trained = module.GapNet()
+    state = {k: v + 1.0 for k, v in trained.state_dict().items()}
+    torch.save(state, tmp_path / "gap.pt")
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "gap.safetensors"))
+    yield tmp_path, state
+    import sys
+
+    sys.modules.pop("benchusernet", None)
+
+
+@pytest.mark.parametrize("name", ["gap.pt", "gap.safetensors"])
+def test_user_model_weights_round_trip(user_model, name):
+    folder, state = user_model
+    model, size = fb.load_model("benchusernet:GapNet", folder / name)
+    assert size is None and not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    recs = fb.bench(model, (12, 12), methods=["cam", "saliency"], frames=2, repeats=1)
+    assert all(r.skipped is None for r in recs)
+
+
+def test_user_model_bad_inputs(user_model):
+    folder, state = user_model
+    with pytest.raises(InputError, match="cannot import"):
+        fb.load_model("no_such_module_xyz:Net")
+    with pytest.raises(InputError, match="no attribute"):
+        fb.load_model("benchusernet:Missing")
+    with pytest.raises(InputError, match="without arguments"):
+        fb.load_model("benchusernet:NeedsArgs")
+    with pytest.raises(InputError, match="not a torch.nn.Module"):
+        fb.load_model("benchusernet:NotAModule")
+    with pytest.raises(InputError, match="malformed"):
+        fb.load_model("benchusernet:")
+    with pytest.raises(InputFileNotFoundError):
+        fb.load_model("benchusernet:GapNet", folder / "missing.pt")
+    partial = {k: v for k, v in state.items() if not k.startswith("fc")}
+    torch.save(partial, folder / "partial.pt")
+    with pytest.raises(InputError, match="do not fit"):
+        fb.load_model("benchusernet:GapNet", folder / "partial.pt")
+    torch.save({"model": Path("code objects are not weights")}, folder / "pickled.pt")
+    with pytest.raises(InputError, match="weights-only"):
+        fb.load_model("benchusernet:GapNet", folder / "pickled.pt")
+    (folder / "w.bin").write_bytes(b"x")
+    with pytest.raises(InputError, match="safetensors, .pt or .pth"):
+        fb.load_model("benchusernet:GapNet", folder / "w.bin")
+    with pytest.raises(InputError, match="--weights"):
+        fb.load_model("pilotnet", folder / "gap.pt")
+    with pytest.raises(UnknownNameError):
+        fb.load_model("vgg")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastviz: error: "), err
+    return lines[0]
+
+
+def test_cli_bench_end_to_end(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["bench", "--methods", "saliency,visual_backprop,cam", "--frames", "2", "--batch", "1", "--repeats", "2",
+            "--json", str(out / "b.json"), "--csv", str(out / "b.csv"), "--plot", str(out / "b.png")]
+    assert cli.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "saliency" in stdout and "visual_backprop" in stdout and "skipped:" in stdout
+    doc = json.loads((out / "b.json").read_text())
+    assert [r["method"] for r in doc["records"]] == ["saliency", "visual_backprop", "cam"]
+    assert all(r["batch"] == 1 for r in doc["records"])
+    with open(out / "b.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert (out / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.iterdir()) == ["b.csv", "b.json", "b.png"]
+
+
+def test_cli_user_model(user_model, capsys):
+    folder, _ = user_model
+    code = cli.main(["bench", "--model", "benchusernet:GapNet", "--weights", str(folder / "gap.safetensors"),
+                     "--input-size", "12x12", "--methods", "cam,grad_cam", "--frames", "1", "--repeats", "1"])
+    assert code == 0
+    assert "cam" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--methods", "saliency,nope"], "unknown method 'nope'"),
+        (["--input-size", "66x"], "input size"),
+        (["--input-size", "0x5"], "positive"),
+        (["--frames", "0"], "--frames"),
+        (["--frames", "-3"], "--frames"),
+        (["--batch", "0"], "--batch"),
+        (["--memory-budget", "lots"], "budget"),
+        (["--model", "no_such_module_xyz:Net"], "cannot import"),
+        (["--model", "vgg"], "unknown model"),
+        (["--model", "pilotnet", "--weights", "w.pt"], "--weights"),
+        (["--plot", "OUT/b.jpg"], "PNG"),
+        (["--json", "OUT/missing/b.json"], "does not exist"),
+        (["--csv", "OUT"], "folder"),
+        (["--json", "OUT/same", "--csv", "OUT/same"], "different files"),
+    ],
+)
+def test_cli_bad_arguments_one_line_no_files(tmp_path, capsys, extra, words):
+    out = tmp_path / "out"
+    out.mkdir()
+    extra = [e.replace("OUT", str(out)) for e in extra]
+    args = ["bench", "--methods", "saliency", "--frames", "1", "--repeats", "1", "--json", str(out / "ok.json"), *extra]
+    assert cli.main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert words in line
+    assert not any(p.is_file() for p in out.rglob("*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cli_cuda_unavailable(tmp_path, capsys):
+    assert cli.main(["bench", "--device", "cuda", "--methods", "saliency", "--json", str(tmp_path / "b.json")]) == 2
+    assert "CUDA" in one_error_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_input_size_needed_for_user_model(user_model, capsys):
+    assert cli.main(["bench", "--model", "benchusernet:GapNet", "--methods", "saliency", "--frames", "1"]) == 2
+    assert "--input-size" in one_error_line(capsys.readouterr().err)
