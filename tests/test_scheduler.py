@@ -47,7 +47,12 @@ def test_plan_arithmetic():
     assert p.predicted_peak_bytes <= p.budget_bytes
     assert scheduler.plan(net, row, rows=10, memory_budget="1GiB").chunk == 10  # never more than the rows
     cap = scheduler.CPU_CHUNK_BYTES // per_row  # CPU: cache-sized chunks even under a big budget
-    assert scheduler.plan(net, row, rows=10**9, memory_budget="64GiB").chunk == cap
+    assert scheduler.plan(net, row, rows=10**9, memory_budget="64GiB", cache_sized=True).chunk == cap
+    big = scheduler.plan(net, row, rows=10**9, memory_budget="64GiB")  # opt-in: budget only
+    assert big.chunk == int(64 * 2**30 // (per_row * scheduler.SAFETY))
+    # the cap uses the no-grad footprint, the budget the need with the factor
+    doubled = scheduler.plan(net, row, rows=10**9, memory_budget="64GiB", factor=2.0, cache_sized=True)
+    assert (doubled.chunk, doubled.row_bytes) == (cap, 2 * per_row)
     assert scheduler.plan(net, row, rows=10, memory_budget=1).chunk == 1  # at least one row
     fixed = scheduler.plan(net, row, rows=10, chunk=3)
     assert (fixed.passes, fixed.row_bytes) == (4, per_row)  # the footprint is measured either way
@@ -111,3 +116,17 @@ def test_budget_below_one_row_warns(caplog):
         p = scheduler.plan(net, torch.zeros(1, 3, 8, 8), rows=10, memory_budget=100)
     assert p.chunk == 1
     assert "below one row's measured need" in caplog.text
+
+
+def test_row_footprint_is_measured_once_per_signature():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    calls = []
+    net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    row = torch.zeros(1, 3, 8, 8)
+    first = scheduler.row_footprint(net, row)
+    assert scheduler.row_footprint(net, row) == first and len(calls) == 1  # cached
+    scheduler.row_footprint(net, torch.zeros(1, 3, 8, 8, dtype=torch.float64).float())  # same signature
+    assert len(calls) == 1
+    net.append(nn.ReLU())  # a changed module structure is measured again
+    scheduler.row_footprint(net, row)
+    assert len(calls) == 2

@@ -322,7 +322,7 @@ def cam(
         linear = _last_linear(model, x[:1]) if fc is None else find_layer(model, fc)
         if not isinstance(linear, nn.Linear):
             raise InputError(f"fc must be an nn.Linear, got {type(linear).__name__}")
-        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size)
+        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
         lname, fname = layer_name(model, module), layer_name(model, linear)
 
         def step(r0: int, r1: int) -> None:

@@ -396,10 +396,12 @@ def occlusion(
             if choice_part is not None:
                 clean.setdefault("choice", choice_part.new_empty(b))[r0:r1] = choice_part
 
-        scheduler.run_chunks(scheduler.plan(model, x[:1], rows=b, memory_budget=memory_budget), clean_step, x.device)
+        scheduler.run_chunks(
+            scheduler.plan(model, x[:1], rows=b, memory_budget=memory_budget, cache_sized=True), clean_step, x.device
+        )
         tgt, clean_score, choice = targets[0], clean["score"], clean.get("choice")
         base = make_baseline(baseline, x, blur_sigma)
-        plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size)
+        plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
         scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         buffer = torch.empty((plan.chunk, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)

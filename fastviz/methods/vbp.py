@@ -119,7 +119,7 @@ def visual_backprop(
         raise InputError(f"{type(model).__name__} has no nn.Conv2d layer for VisualBackProp")
     out = torch.empty(x.shape[0], *x.shape[-2:], device=x.device, dtype=torch.float32)
     with model_guard(model):
-        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size)
+        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
 
         def step(r0: int, r1: int) -> None:
             out[r0:r1] = _visual_backprop_rows(model, x[r0:r1], convs, backend)
