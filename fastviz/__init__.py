@@ -11,6 +11,7 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 """
 
 from . import data, errors, kernels, models, render, scheduler, targets, video
+from .costs import bench
 from .methods import (
     backprojection,
     cam,
@@ -29,6 +30,7 @@ from .methods import (
 
 __all__ = [
     "backprojection",
+    "bench",
     "cam",
     "data",
     "errors",

@@ -1,6 +1,6 @@
 """The ``fastviz`` command line.
 
-``fastviz bench``: what each saliency method costs on a model (:mod:`fastviz.bench`).
+``fastviz bench``: what each saliency method costs on a model (:mod:`fastviz.costs`, :func:`fastviz.bench`).
 
 ``fastviz overlay [INPUT] -o OUTPUT``: saliency video of a drive log, video file or image
 folder (default: the bundled held-out CarRacing log) through a model (default: the bundled
@@ -164,7 +164,7 @@ def _colormap_name(text: str) -> str:
 
 
 def _input_size(text: str) -> tuple[int, int]:
-    from .bench import parse_input_size
+    from .costs import parse_input_size
 
     try:
         return parse_input_size(text)
@@ -456,7 +456,7 @@ def _check_output(path_text: str | None, suffix: str | None = None) -> Path | No
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import bench as fb
+    from . import costs as fb
 
     outputs = {"json": _check_output(args.json), "csv": _check_output(args.csv), "plot": _check_output(args.plot, ".png")}
     given = [p.resolve() for p in outputs.values() if p is not None]

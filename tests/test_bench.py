@@ -1,4 +1,4 @@
-"""``fastviz bench`` and :func:`fastviz.bench.bench`: the record fields and their arithmetic,
+"""``fastviz bench`` and :func:`fastviz.bench` (module :mod:`fastviz.costs`): the record fields and their arithmetic,
 forward passes against the window plan, the JSON / CSV / PNG files, skipped methods, user models
 from an import path with weights-only loading, and bad arguments (API and CLI)."""
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import fastviz
-from fastviz import bench as fb
+from fastviz import costs as fb
 from fastviz import cli
 from fastviz.errors import FastvizError, InputError, InputFileNotFoundError, UnknownNameError
 from fastviz.methods.perturbation import window_grids
