@@ -582,7 +582,7 @@ def plot(records: Sequence[BenchRecord], path, title: str | None = None) -> Path
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
     except ImportError:
-        raise InputError("plotting needs matplotlib: pip install matplotlib") from None
+        raise InputError("plotting needs matplotlib: pip install 'fastviz[plot]'") from None
     timed = [r for r in records if r.ms_per_frame is not None]
     if not timed:
         raise InputError("nothing to plot: every method was skipped")
