@@ -8,10 +8,9 @@ use and speed do not depend on training, and their outputs are meaningless.
   three large fully connected layers replaced by global average pooling and one linear layer.
   It is "VGG-like", not VGG-11: about 9.7 M parameters instead of 133 M. The activations, which
   set occlusion's memory footprint, are exactly VGG-11's.
-- :class:`ResNet50Like`: a ResNet-50-sized network (He et al., "Deep Residual Learning for
-  Image Recognition", CVPR 2016): bottleneck blocks [3, 4, 6, 3] with widths 64..512 and
-  expansion 4, batch norm, 1000 classes; about 25.6 M parameters, the same layout as
-  torchvision's ``resnet50`` (downsampling on the 3x3 convolution, "v1.5").
+- :class:`ResNet50Like`: fastviz's ResNet-50-sized network (:class:`fastviz.models.resnet.ResNet50`,
+  He et al., CVPR 2016: bottleneck blocks [3, 4, 6, 3], about 25.6 M parameters, torchvision's
+  "v1.5" layout), the same model ``fastviz bench --model resnet50`` measures.
 
 Both take float32 ``(B, 3, 224, 224)`` and return ``(B, 1000)`` logits; both work with any
 input of at least 32x32 (global average pooling), which the suite uses for a cheap warm-up.
@@ -22,6 +21,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from fastviz.models.resnet import ResNet50
 
 __all__ = ["VGG11_LAYOUT", "ResNet50Like", "VGGLike", "build", "parameter_count"]
 
@@ -53,59 +54,8 @@ class VGGLike(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-class Bottleneck(nn.Module):
-    """ResNet bottleneck: 1x1 (width), 3x3 (width, ``stride``), 1x1 (4 x width), each with batch
-    norm; identity or a 1x1-conv + batch-norm shortcut; ReLU after the sum."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        out = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or in_channels != out:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
-
-
-class ResNet50Like(nn.Module):
-    """ResNet-50's layout: 7x7/2 stem with batch norm, ReLU and 3x3/2 max-pool; four stages of
-    [3, 4, 6, 3] bottleneck blocks (widths 64, 128, 256, 512; output 256..2048 channels);
-    global average pooling; a linear layer to ``num_classes``."""
-
-    def __init__(self, num_classes: int = 1000, blocks=(3, 4, 6, 3)) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        stages = []
-        c = 64
-        for i, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
-            stage = []
-            for j in range(n):
-                stage.append(Bottleneck(c, width, stride=2 if (j == 0 and i > 0) else 1))
-                c = width * Bottleneck.expansion
-            stages.append(nn.Sequential(*stage))
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+#: ResNet-50-sized network: the package's own (fastviz/models/resnet.py), one definition.
+ResNet50Like = ResNet50
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -33,6 +33,7 @@ import fastviz
 
 from . import render as rd
 from .errors import FastvizError, InputError
+from .scheduler import parse_device
 from .video import VideoSink, codec_for, open_source
 
 __all__ = ["build_parser", "main"]
@@ -309,16 +310,6 @@ _METHOD_OPTIONS = {
 }
 
 
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise InputError(f"unknown device {text!r}: use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {text!r}: use cpu or cuda")
-    return device
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -371,7 +362,7 @@ def _overlay(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
     model = None  # --method backprojection: model-free, no model loaded
     if args.method != BACKPROJECTION:
-        device = _device(args.device)
+        device = parse_device(args.device)
         model = fastviz.models.load(args.model, device)
     opts = _method_options(args)
     source = open_source(args.input, fps=args.fps)
@@ -467,7 +458,7 @@ def _bench(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install matplotlib") from None
-    device = _device(args.device)
+    device = parse_device(args.device)
     model, default_size = fb.load_model(args.model, args.weights, device)
     size = args.input_size or default_size
     if size is None:

@@ -44,7 +44,6 @@ import csv
 import importlib
 import inspect
 import json
-import math
 import os
 import platform
 import sys
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 from . import scheduler
+from .scheduler import parse_device
 from .errors import FastvizError, InputError, InputFileNotFoundError, UnknownNameError
 from .methods.registry import explain, get, methods as registered_methods
 
@@ -241,16 +241,6 @@ def parse_input_size(value) -> tuple[int, int]:
     return h, w
 
 
-def _device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}: use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda requested but CUDA is not available (torch.cuda.is_available() is False)")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unsupported device {device!r}: use cpu or cuda")
-    return dev
 
 
 def _count(value, what: str, minimum: int) -> int:
@@ -311,7 +301,7 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, device: torc
     """
     from . import models
 
-    dev = _device(device)
+    dev = parse_device(device)
     if ":" not in spec or spec.endswith(".safetensors"):
         if weights is not None:
             raise InputError(f"--weights applies to a model given as an import path package.module:ClassName, not {spec!r}")
@@ -451,7 +441,7 @@ def bench(
     channels = _count(channels, "channels", 1)
     batch = frames if batch is None else _count(batch, "batch", 1)
     batch = min(batch, frames)
-    dev = _device(device)
+    dev = parse_device(device)
     if memory_budget is not None:
         scheduler.parse_budget(memory_budget, dev)
     names = registered_methods() if methods is None else list(methods)

@@ -36,6 +36,7 @@ __all__ = [
     "default_budget",
     "is_out_of_memory",
     "parse_budget",
+    "parse_device",
     "plan",
     "record_plans",
     "reserve_working_set",
@@ -61,6 +62,26 @@ CPU_DEFAULT_CAP = 2 * 2**30
 #: per-forward buffers small enough that glibc's malloc reuses them instead of returning them
 #: to the OS and faulting them back in. GPUs gain from chunks as large as the budget allows.
 CPU_CHUNK_BYTES = 16 * 2**20
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """A device the methods can run on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    InputError
+        For a malformed or unsupported device, or CUDA where ``torch.cuda.is_available()``
+        is False.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"unsupported device {device!r}: use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    return dev
 
 
 def _available_bytes(device: torch.device) -> int:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import fastviz
 from fastviz import costs as fb
 from fastviz import cli
-from fastviz.errors import FastvizError, InputError, InputFileNotFoundError, UnknownNameError
+from fastviz.errors import InputError, InputFileNotFoundError, UnknownNameError
 from fastviz.methods.perturbation import window_grids
 
 from conftest import materialise, small_convnet

@@ -428,20 +428,12 @@ def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
     assert not (video[:, 84:] == frames[:, 84:]).all()  # the bottom rows are painted too
 
 
-BACKPROJECTION_BAD_INPUTS = [
-    "missing input",
-    "not a video",
-    "empty file",
-    "video without frames",
-    "folder without images",
-    "unreadable image",
-    "images of two sizes",
-    "truncated video",
-    "option of another method",
-    "bad batch",
-    "unknown colormap",
-    "unknown layout",
-]
+#: The bad inputs that concern a model (backprojection loads none) — the rest apply to it too.
+MODEL_ONLY_BAD_INPUTS = {
+    "unknown model", "missing model file", "unknown method", "model cannot take the frames",
+    "unknown layer", "bad windows", "no cuda",
+}
+BACKPROJECTION_BAD_INPUTS = [name for name in BAD_INPUT_NAMES if name not in MODEL_ONLY_BAD_INPUTS]
 
 
 @pytest.mark.parametrize("name", BACKPROJECTION_BAD_INPUTS)

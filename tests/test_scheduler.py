@@ -130,3 +130,14 @@ def test_row_footprint_is_measured_once_per_signature():
     net.append(nn.ReLU())  # a changed module structure is measured again
     scheduler.row_footprint(net, row)
     assert len(calls) == 2
+
+
+def test_parse_device():
+    assert scheduler.parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="unknown device 'gpu0'"):
+        scheduler.parse_device("gpu0")
+    with pytest.raises(InputError, match="unsupported device 'meta'"):
+        scheduler.parse_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            scheduler.parse_device("cuda")
