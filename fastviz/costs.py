@@ -1,41 +1,62 @@
 """What each saliency method costs on a model and a machine: ``fastviz bench`` and :func:`bench`.
 
 For every method, :func:`bench` runs :func:`fastviz.explain` on ``frames`` random inputs (fixed
-seed) in batches of ``batch`` frames: ``warmup`` untimed runs, then ``repeats`` timed runs
-(synchronised on CUDA). One :class:`BenchRecord` per method:
+seed) in batches of ``batch`` frames: ``warmup`` untimed runs, then ``repeats`` timed runs (each
+call synchronised on CUDA). A tqdm progress bar per method on stderr counts the frames of the
+warm-up and timed runs (``progress=False`` turns it off). One :class:`BenchRecord` per method:
 
-============================  =====================================================================
-``method``                    registered method name
-``device``                    torch device the model ran on (``"cpu"``, ``"cuda:0"``)
-``batch``                     frames per :func:`fastviz.explain` call
-``frames``                    frames per timed run
-``ms_per_frame``              median over the timed runs of (run time / frames), milliseconds
-``ms_per_frame_p10``/``p90``  10th / 90th percentile of the same
-``frames_per_s``              ``1000 / ms_per_frame``
-``forward_passes_per_frame``  model forward passes of one run / frames: the passes of the plans
-                              as run (:func:`fastviz.scheduler.run_chunks`, out-of-memory retries
-                              not counted; the scheduler's one-row footprint probes are not
-                              counted either); for a method that makes no plan, the model's
-                              forward calls counted by a forward pre-hook
-``peak_memory_bytes``         CUDA: ``torch.cuda.max_memory_allocated`` during the timed runs
-                              above what was allocated before; CPU: growth of the process's
-                              peak resident set (``VmHWM`` after resetting it through
-                              ``/proc/self/clear_refs``) over the resident set before; ``None``
-                              where neither can be measured
-``skipped``                   ``None``, or why the method does not apply to the model (an
-                              :class:`~fastviz.errors.FastvizError` of its first run, e.g. CAM on
-                              a model without a global-average-pool head); then every measured
-                              field is ``None``
-============================  =====================================================================
+===============================  ==================================================================
+``method``                       registered method name
+``device``                       torch device the model ran on (``"cpu"``, ``"cuda:0"``)
+``batch``                        frames per :func:`fastviz.explain` call
+``frames``                       frames per timed run
+``ms_per_frame``                 median over the timed runs of (run time / frames), milliseconds
+``ms_per_frame_p10``/``p90``     10th / 90th percentile of the same
+``frames_per_s``                 ``1000 / ms_per_frame``
+``forward_calls_per_frame``      batched forward calls of the model in one run / frames: the
+                                 ``passes`` of the plans as run
+                                 (:func:`fastviz.scheduler.run_chunks`; attempts that ran out of
+                                 memory and were retried are not counted). One-pass methods on
+                                 16 frames in one batch: 1/16 = 0.0625.
+``model_evaluations_per_frame``  input rows through the model in one run / frames: the ``rows``
+                                 of the plans as run. Occlusion: one row per window plus the
+                                 clean frame, which is evaluated once to score every window
+                                 against (PilotNet's 66x200 input with the default windows 8, 16
+                                 and 32 at stride 4: 16x49 + 14x47 + 10x43 = 1,872 windows, so
+                                 1,873). One-pass methods: 1. For the gradient methods
+                                 (``saliency``, ``guided_backprop``: a forward and a backward pass
+                                 through the whole model; ``grad_cam``: a forward pass and a
+                                 backward pass down to its layer) one evaluation is a forward and
+                                 a backward pass of the row.
+``peak_memory_bytes``            CUDA: ``torch.cuda.max_memory_allocated`` during the timed runs
+                                 above what was allocated before; CPU: growth of the process's
+                                 peak resident set (``VmHWM`` after resetting it through
+                                 ``/proc/self/clear_refs``) over the resident set before;
+                                 ``None`` where neither can be measured
+``skipped``                      ``None``, or why the method does not apply to the model (an
+                                 :class:`~fastviz.errors.FastvizError` of its first run, e.g.
+                                 CAM on a model without a global-average-pool head); then every
+                                 measured field is ``None``
+===============================  ==================================================================
+
+Neither count includes the one-row probes some methods make before their planned passes (the
+scheduler's footprint probe, occlusion's memory-layout probe, the layer look-ups of Grad-CAM and
+CAM): they are set-up, not work per frame. A method that makes no plan (``hypercolumns``) is
+counted by a forward pre-hook on the model instead: every call, and the rows of its first
+tensor argument.
 
 :func:`machine` describes the machine once (CPU model, GPU name, torch and numba versions).
 
-Files: :func:`to_json` writes ``{"schema": "fastviz.bench/1", "machine": {...}, "records":
+Files: :func:`to_json` writes ``{"schema": "fastviz.bench/2", "machine": {...}, "records":
 [record, ...]}`` (records as :meth:`BenchRecord.as_dict`, ``null`` for ``None``);
 :func:`to_csv` writes one row per method with the columns :data:`CSV_COLUMNS` (empty cell for
 ``None``; machine fields repeated on every row); :func:`plot` writes a PNG bar chart of
 ``ms_per_frame`` per method on a log scale (matplotlib, imported when called). Every file is
 written under a temporary name and renamed when complete.
+
+Schema history: ``fastviz.bench/1`` had one count, ``forward_passes_per_frame``, which was the
+batched calls (the ``forward_calls_per_frame`` of ``/2``); ``/2`` replaces it with
+``forward_calls_per_frame`` and ``model_evaluations_per_frame``.
 """
 
 from __future__ import annotations
@@ -78,7 +99,7 @@ __all__ = [
 ]
 
 #: The JSON files' schema tag.
-SCHEMA = "fastviz.bench/1"
+SCHEMA = "fastviz.bench/2"
 
 #: Models known by name to ``fastviz bench --model``: name -> (description, default input size).
 BENCH_MODELS = {
@@ -107,7 +128,8 @@ class BenchRecord:
     ms_per_frame_p10: float | None
     ms_per_frame_p90: float | None
     frames_per_s: float | None
-    forward_passes_per_frame: float | None
+    forward_calls_per_frame: float | None
+    model_evaluations_per_frame: float | None
     peak_memory_bytes: int | None
     skipped: str | None = None
 
@@ -277,6 +299,17 @@ def _load_weights(path: Path) -> dict:
     raise InputError(f"weights file {path} must be .safetensors, .pt or .pth")
 
 
+def _local_hint(module_name: str, exc: BaseException) -> str:
+    """``"; ... PYTHONPATH"`` when the missing top-level package exists in the current folder."""
+    top = module_name.split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or exc.name != top:
+        return ""
+    here = Path.cwd()
+    if (here / top).is_dir() or (here / f"{top}.py").is_file():
+        return f" (fastviz does not import from the current folder {here}: run with PYTHONPATH={here})"
+    return ""
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -284,20 +317,35 @@ def _first_line(exc: BaseException) -> str:
 
 def load_model(spec: str, weights: str | os.PathLike | None = None, device: torch.device | str = "cpu"):
     """The model ``fastviz bench --model`` names, in eval mode on ``device``, and its default
-    input size (``None`` if unknown).
+    input size ``(H, W)`` (``None`` if unknown).
 
-    ``spec``: ``"pilotnet"`` (the bundled ``pilotnet-carracing``), ``"resnet50"``
-    (:func:`fastviz.models.build` ``("resnet50-random")``), another bundled name or a
-    ``.safetensors`` file of :func:`fastviz.models.load`, or an import path
-    ``package.module:ClassName`` (the class is called without arguments; the current folder is
-    searched too). ``weights``: a ``.safetensors``, ``.pt`` or ``.pth`` state dict loaded
-    weights-only (no code is unpickled) into an import-path model, strictly; without it the
-    model keeps its random initialisation (seeded).
+    Parameters
+    ----------
+    spec : str
+        ``"pilotnet"`` (the bundled ``pilotnet-carracing``, 66x200), ``"resnet50"``
+        (:func:`fastviz.models.build` ``("resnet50-random")``, 224x224), another bundled name or
+        a ``.safetensors`` file of :func:`fastviz.models.load`, or an import path
+        ``package.module:ClassName`` (the class is called without arguments).
+    weights : path, optional
+        A ``.safetensors``, ``.pt`` or ``.pth`` state dict loaded weights-only (no code is
+        unpickled) into an import-path model, strictly; without it the model keeps its random
+        initialisation (seeded with 0).
+    device : "cpu", "cuda", ...
+
+    Notes
+    -----
+    An import path is imported with ``sys.path`` as it is: fastviz never adds the current
+    folder, so a local folder named like an installed package (``torchvision/``) cannot shadow
+    it. To import a module of your own, put its folder on the path yourself:
+    ``PYTHONPATH=. fastviz bench --model mynet:Net``. (``python -m fastviz`` is different:
+    Python itself puts the current folder first on ``sys.path`` for ``-m``; ``python -P -m
+    fastviz`` or the ``fastviz`` command do not.)
 
     Raises
     ------
     InputError, InputFileNotFoundError, UnknownNameError
-        One readable line for a bad import path, a missing file or weights that do not fit.
+        One readable line for a bad import path, a module that cannot be imported (with a hint
+        when it exists only in the current folder), a missing file or weights that do not fit.
     """
     from . import models
 
@@ -318,19 +366,12 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, device: torc
             ) from None
         return model, tuple(model.transform.size)
     module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name.isidentifier():
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")) or not class_name.isidentifier():
         raise InputError(f"malformed model import path {spec!r}: use package.module:ClassName")
-    cwd = os.getcwd()
-    added = cwd not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)  # sys.path as it is: the current folder is never added
     except Exception as exc:  # noqa: BLE001 - ImportError or an error in the module: one line
-        raise InputError(f"cannot import {module_name!r} for model {spec!r}: {_first_line(exc)}") from None
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
+        raise InputError(f"cannot import {module_name!r} for model {spec!r}: {_first_line(exc)}{_local_hint(module_name, exc)}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise InputError(f"module {module_name!r} has no attribute {class_name!r} (model {spec!r})")
@@ -355,20 +396,48 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, device: torc
 # --------------------------------------------------------------------------- measuring
 
 
-def _as_run_passes(plans: Sequence[scheduler.Plan]) -> int:
-    """Forward passes made by the plans recorded during a run: each :func:`scheduler.plan` is
-    published, then its as-run version by :func:`scheduler.run_chunks`; count the as-run ones."""
-    total, i = 0, 0
+def _as_run(plans: Sequence[scheduler.Plan]) -> list[scheduler.Plan]:
+    """The plans as run, from the plans recorded during a run.
+
+    :func:`scheduler.plan` publishes each plan, then :func:`scheduler.run_chunks` publishes the
+    plan as run, with the same ``rows``, ``row_bytes`` and ``budget_bytes`` (the chunk and the
+    passes may differ after out-of-memory back-offs): of such a consecutive pair, the second
+    is kept; a plan published alone (``run_chunks`` on a plan made by hand) is kept as it is.
+    """
+    ran, i = [], 0
     while i < len(plans):
         p = plans[i]
         nxt = plans[i + 1] if i + 1 < len(plans) else None
         if nxt is not None and (nxt.rows, nxt.row_bytes, nxt.budget_bytes) == (p.rows, p.row_bytes, p.budget_bytes):
-            total += nxt.passes
+            ran.append(nxt)
             i += 2
         else:
-            total += p.passes
+            ran.append(p)
             i += 1
-    return total
+    return ran
+
+
+class _ForwardCount:
+    """Forward calls of a model and the rows of their first tensor argument (a forward
+    pre-hook, removed on exit) — the count for methods that make no plan."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls = 0
+        self.rows = 0
+
+    def _count(self, _module, args, kwargs) -> None:
+        self.calls += 1
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        self.rows += int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+
+    def __enter__(self) -> "_ForwardCount":
+        self._handle = self.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._handle.remove()
+        return False
 
 
 def _sync(device: torch.device) -> None:
@@ -395,6 +464,7 @@ def bench(
     warmup: int = 1,
     method_options: dict | None = None,
     channels: int = 3,
+    progress: bool = True,
 ) -> list[BenchRecord]:
     """Measure what each saliency method costs on ``model``.
 
@@ -415,12 +485,16 @@ def bench(
     memory_budget : optional
         Passed to every method that takes one (see :func:`fastviz.scheduler.parse_budget`).
     repeats, warmup : int
-        Timed runs (>= 1) after untimed warm-up runs (>= 0; a first run is always made, to
-        check the method applies and to count forward passes).
+        Timed runs (>= 1) after untimed warm-up runs (>= 0). A first untimed run is always
+        made, and counts as the first warm-up run: it checks that the method applies and
+        counts the forward calls and model evaluations (see the module docstring).
     method_options : dict, optional
         ``{method: {option: value}}``, e.g. ``{"occlusion": {"chunk_size": 64}}``.
     channels : int
         Input channels (3).
+    progress : bool
+        Show a tqdm progress bar per method on stderr (``[3/7] occlusion``, frames of the
+        warm-up and timed runs, then ``warm-up`` / ``timed`` / ``skipped``); default True.
 
     Returns
     -------
@@ -439,6 +513,8 @@ def bench(
     repeats = _count(repeats, "repeats", 1)
     warmup = _count(warmup, "warmup", 0)
     channels = _count(channels, "channels", 1)
+    if not isinstance(progress, bool):
+        raise InputError(f"progress must be True or False, got {progress!r}")
     batch = frames if batch is None else _count(batch, "batch", 1)
     batch = min(batch, frames)
     dev = parse_device(device)
@@ -465,40 +541,46 @@ def bench(
     chunks = [x[i: i + batch] for i in range(0, frames, batch)]
     device_name = str(dev) if dev.type == "cpu" else f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
 
+    from tqdm import tqdm
+
+    runs = 1 + max(0, warmup - 1) + repeats
     records = []
-    for name in names:
+    for index, name in enumerate(names, 1):
         opts = _options(name, memory_budget, method_options)
 
-        def run() -> None:
-            for part in chunks:
-                explain(model, part, method=name, **opts)
+        def run(bar) -> float:
+            """One run over all frames; returns its time in seconds (progress updates excluded)."""
+            spent = 0.0
             _sync(dev)
-
-        calls = [0]
-
-        def count(_module, _args) -> None:
-            calls[0] += 1
-
-        handle = model.register_forward_pre_hook(count)
-        try:
-            with scheduler.record_plans() as plans:
-                run()
-        except FastvizError as exc:
-            records.append(BenchRecord(name, device_name, batch, frames, None, None, None, None, None, None,
-                                       skipped=_first_line(exc)))
-            continue
-        finally:
-            handle.remove()
-        passes = _as_run_passes(plans) if plans else calls[0]
-        for _ in range(max(0, warmup - 1)):
-            run()
-        times = []
-        with _PeakMemory(dev) as peak:
-            for _ in range(repeats):
-                _sync(dev)
+            for part in chunks:
                 t0 = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - t0) * 1000.0 / frames)
+                explain(model, part, method=name, **opts)
+                _sync(dev)
+                spent += time.perf_counter() - t0
+                bar.update(part.shape[0])
+            return spent
+
+        with tqdm(total=runs * frames, desc=f"[{index}/{len(names)}] {name}", unit="frame", file=sys.stderr,
+                  disable=not progress, leave=True, dynamic_ncols=True) as bar:
+            bar.set_postfix_str("warm-up", refresh=False)
+            try:
+                with scheduler.record_plans() as plans, _ForwardCount(model) as hooked:
+                    run(bar)
+            except FastvizError as exc:
+                bar.set_postfix_str("skipped")
+                records.append(BenchRecord(name, device_name, batch, frames, None, None, None, None, None, None, None,
+                                           skipped=_first_line(exc)))
+                continue
+            ran = _as_run(plans)
+            calls = sum(p.passes for p in ran) if ran else hooked.calls
+            rows = sum(p.rows for p in ran) if ran else hooked.rows
+            for _ in range(max(0, warmup - 1)):
+                run(bar)
+            bar.set_postfix_str("timed")
+            times = []
+            with _PeakMemory(dev) as peak:
+                for _ in range(repeats):
+                    times.append(run(bar) * 1000.0 / frames)
         ms = float(np.median(times))
         records.append(
             BenchRecord(
@@ -510,7 +592,8 @@ def bench(
                 ms_per_frame_p10=float(np.percentile(times, 10)),
                 ms_per_frame_p90=float(np.percentile(times, 90)),
                 frames_per_s=1000.0 / ms if ms > 0 else None,
-                forward_passes_per_frame=passes / frames,
+                forward_calls_per_frame=calls / frames,
+                model_evaluations_per_frame=rows / frames,
                 peak_memory_bytes=peak.value,
             )
         )
@@ -598,9 +681,22 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _rate(value: float | None) -> str:
+    """A per-frame count: whole numbers with thousands separators (``1,873``), else 2 decimals."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
 def table(records: Sequence[BenchRecord], machine_info: dict | None = None) -> str:
-    """The records as a fixed-width text table (with a machine line when given)."""
-    head = ["method", "device", "batch", "ms/frame", "p10", "p90", "frames/s", "passes/frame", "peak MiB"]
+    """The records as a fixed-width text table (with a machine line when given).
+
+    Columns: method, device, batch, ms/frame (median), p10, p90, frames/s, ``calls/frame``
+    (:attr:`BenchRecord.forward_calls_per_frame`), ``evals/frame``
+    (:attr:`BenchRecord.model_evaluations_per_frame`) and peak MiB; a skipped method gets its
+    reason instead of the measured columns.
+    """
+    head = ["method", "device", "batch", "ms/frame", "p10", "p90", "frames/s", "calls/frame", "evals/frame", "peak MiB"]
     rows = []
     for r in records:
         if r.skipped is not None:
@@ -608,7 +704,8 @@ def table(records: Sequence[BenchRecord], machine_info: dict | None = None) -> s
             continue
         rows.append([
             r.method, r.device, str(r.batch), _num(r.ms_per_frame, ".3f"), _num(r.ms_per_frame_p10, ".3f"),
-            _num(r.ms_per_frame_p90, ".3f"), _num(r.frames_per_s, ".1f"), _num(r.forward_passes_per_frame, ".2f"),
+            _num(r.ms_per_frame_p90, ".3f"), _num(r.frames_per_s, ".1f"), _rate(r.forward_calls_per_frame),
+            _rate(r.model_evaluations_per_frame),
             "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:.1f}",
         ])
     widths = [max(len(head[i]), *(len(row[i]) for row in rows if len(row) == len(head) or i < 3)) for i in range(len(head))]

@@ -1,12 +1,15 @@
 """``fastviz bench`` and :func:`fastviz.bench` (module :mod:`fastviz.costs`): the record fields and their arithmetic,
-forward passes against the window plan, the JSON / CSV / PNG files, skipped methods, user models
-from an import path with weights-only loading, and bad arguments (API and CLI)."""
+forward calls and model evaluations against hand-counted windows, the progress bar, the JSON / CSV / PNG files,
+skipped methods, user models from an import path with weights-only loading (never from the current folder),
+and bad arguments (API and CLI)."""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,11 +21,15 @@ from fastviz import costs as fb
 from fastviz import cli
 from fastviz.errors import InputError, InputFileNotFoundError, UnknownNameError
 from fastviz.methods.perturbation import window_grids
+from fastviz.scheduler import Plan
 
 from conftest import materialise, small_convnet
 
 #: Occlusion options that keep PilotNet's occlusion cheap.
 FAST_OCCLUSION = {"windows": (16, 32), "stride": 16}
+#: Its windows on 66x200, counted by hand: 16 px at stride 16 -> tops 0,16,32,48 + 50 flush (5) x lefts 0..176
+#: + 184 flush (13) = 65; 32 px -> tops 0,16,32 + 34 flush (4) x lefts 0..160 + 168 flush (12) = 48.
+FAST_OCCLUSION_WINDOWS = 65 + 48
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,7 @@ def pilotnet():
 
 @pytest.fixture(scope="module")
 def records(pilotnet):
-    return fb.bench(pilotnet, (66, 200), frames=3, batch=2, repeats=3, warmup=1,
+    return fb.bench(pilotnet, (66, 200), frames=3, batch=2, repeats=3, warmup=1, progress=False,
                     method_options={"occlusion": dict(FAST_OCCLUSION, chunk_size=7)})
 
 
@@ -57,7 +64,7 @@ def test_record_fields_and_arithmetic(records):
         assert r.ms_per_frame > 0
         assert r.ms_per_frame_p10 <= r.ms_per_frame <= r.ms_per_frame_p90
         assert r.frames_per_s == pytest.approx(1000.0 / r.ms_per_frame)
-        assert r.forward_passes_per_frame > 0
+        assert r.forward_calls_per_frame > 0 and r.model_evaluations_per_frame >= r.forward_calls_per_frame
         assert r.peak_memory_bytes is None or (isinstance(r.peak_memory_bytes, int) and r.peak_memory_bytes >= 0)
         assert set(r.as_dict()) == {f for f in fb.CSV_COLUMNS if f not in ("cpu", "gpu", "torch", "numba")}
 
@@ -65,35 +72,88 @@ def test_record_fields_and_arithmetic(records):
 def test_cam_on_pilotnet_is_skipped_with_the_reason(records):
     cam = by_method(records)["cam"]
     assert cam.skipped and "global average pool" in cam.skipped
-    assert cam.ms_per_frame is None and cam.frames_per_s is None and cam.forward_passes_per_frame is None
+    assert cam.ms_per_frame is None and cam.frames_per_s is None
+    assert cam.forward_calls_per_frame is None and cam.model_evaluations_per_frame is None
 
 
-def test_occlusion_passes_equal_the_window_plan(records):
-    n = sum(len(g) for g in window_grids(66, 200, FAST_OCCLUSION["windows"], FAST_OCCLUSION["stride"]))
-    # batches of 2 and 1 frames: per batch one clean pass + ceil(windows x frames / chunk)
-    expected = sum(1 + math.ceil(n * b / 7) for b in (2, 1)) / 3
-    assert by_method(records)["occlusion"].forward_passes_per_frame == pytest.approx(expected)
+def test_occlusion_calls_and_evaluations_equal_the_window_plan(records):
+    n = FAST_OCCLUSION_WINDOWS
+    assert n == sum(len(g) for g in window_grids(66, 200, FAST_OCCLUSION["windows"], FAST_OCCLUSION["stride"]))
+    r = by_method(records)["occlusion"]
+    # batches of 2 and 1 frames: per batch one clean call (all its frames) + ceil(windows x frames / chunk)
+    assert r.forward_calls_per_frame == pytest.approx(sum(1 + math.ceil(n * b / 7) for b in (2, 1)) / 3)
+    # every frame: its windows and its clean row
+    assert r.model_evaluations_per_frame == n + 1
 
 
 def test_one_pass_per_batch_methods(records):
     recs = by_method(records)
     for name in ("visual_backprop", "saliency", "grad_cam", "guided_backprop", "hypercolumns"):
-        assert recs[name].forward_passes_per_frame == pytest.approx(2 / 3), name
+        assert recs[name].forward_calls_per_frame == pytest.approx(2 / 3), name  # batches of 2 and 1 frames
+        assert recs[name].model_evaluations_per_frame == 1, name
+
+
+def test_occlusion_counts_on_a_tiny_input_by_hand():
+    """10x12 frames, windows 4 and 6 at stride 4: 4 px -> tops 0,4 + 6 flush x lefts 0,4,8 = 9 windows;
+    6 px -> tops 0,4 x lefts 0,4 + 6 flush = 6 windows; 15 windows + the clean row = 16 rows per frame.
+    3 frames in batches of 2 and 1, 4 rows per call: (1 + ceil(30/4)) + (1 + ceil(15/4)) = 9 + 5 calls."""
+    model = materialise(small_convnet(classes=3), torch.zeros(1, 3, 10, 12))
+    (r,) = fb.bench(model, (10, 12), methods=["occlusion"], frames=3, batch=2, repeats=1, progress=False,
+                    method_options={"occlusion": {"windows": (4, 6), "stride": 4, "chunk_size": 4}})
+    assert r.model_evaluations_per_frame == 16
+    assert r.forward_calls_per_frame == pytest.approx(14 / 3)
+
+
+def test_occlusion_default_windows_on_pilotnet_are_1872_plus_the_clean_row(pilotnet):
+    """The README's figure: 16x49 + 14x47 + 10x43 = 1,872 windows of 8, 16, 32 px at stride 4 on 66x200."""
+    (r,) = fb.bench(pilotnet, (66, 200), methods=["occlusion"], frames=1, repeats=1, progress=False)
+    assert r.model_evaluations_per_frame == 1872 + 1
+    assert "1,873" in fb.table([r])
 
 
 def test_occlusion_default_batch_is_all_frames(pilotnet):
-    (r,) = fb.bench(pilotnet, "66x200", methods=["occlusion"], frames=2, repeats=1,
+    (r,) = fb.bench(pilotnet, "66x200", methods=["occlusion"], frames=2, repeats=1, progress=False,
                     method_options={"occlusion": dict(FAST_OCCLUSION, chunk_size=5)})
-    n = sum(len(g) for g in window_grids(66, 200, (16, 32), 16))
+    n = FAST_OCCLUSION_WINDOWS
     assert r.batch == 2
-    assert r.forward_passes_per_frame == pytest.approx((1 + math.ceil(n * 2 / 5)) / 2)
+    assert r.forward_calls_per_frame == pytest.approx((1 + math.ceil(n * 2 / 5)) / 2)
+    assert r.model_evaluations_per_frame == n + 1
 
 
 def test_small_custom_model_and_memory_budget():
     model = materialise(small_convnet(classes=3), torch.zeros(1, 3, 17, 23))
-    recs = fb.bench(model, (17, 23), methods=["saliency", "visual_backprop"], frames=2, repeats=1, memory_budget="64MiB")
+    recs = fb.bench(model, (17, 23), methods=["saliency", "visual_backprop"], frames=2, repeats=1, memory_budget="64MiB",
+                    progress=False)
     assert [r.method for r in recs] == ["saliency", "visual_backprop"]
-    assert all(r.skipped is None and r.forward_passes_per_frame == pytest.approx(0.5) for r in recs)
+    assert all(r.skipped is None and r.forward_calls_per_frame == pytest.approx(0.5) for r in recs)
+    assert all(r.model_evaluations_per_frame == 1 for r in recs)
+
+
+def test_as_run_plans_replace_their_plans():
+    """Each plan is published by ``scheduler.plan`` and again as run by ``run_chunks``; a back-off changes
+    the chunk and the passes of the second; a plan run by hand is published once."""
+    planned = Plan(rows=10, chunk=10, passes=1, row_bytes=100, budget_bytes=5000)
+    backed_off = Plan(rows=10, chunk=5, passes=2, row_bytes=100, budget_bytes=5000, backoffs=1)
+    clean = Plan(rows=2, chunk=2, passes=1, row_bytes=100, budget_bytes=5000)
+    by_hand = Plan(rows=7, chunk=3, passes=3, row_bytes=50, budget_bytes=5000)
+    assert fb._as_run([clean, clean, planned, backed_off, by_hand]) == [clean, backed_off, by_hand]
+    assert fb._as_run([]) == []
+
+
+def test_progress_bar_per_method_on_stderr(capsys):
+    model = materialise(small_convnet(classes=3), torch.zeros(1, 3, 9, 11))
+    # 3 frames: a first run + 1 more warm-up + 2 timed runs = 12 frames per method
+    fb.bench(model, (9, 11), methods=["saliency", "cam"], frames=3, batch=2, repeats=2, warmup=2)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    assert "[1/2] saliency" in err and "[2/2] cam" in err
+    assert "12/12" in err and "timed" in err
+    assert "0/12" in err.split("[2/2] cam")[-1] and "skipped" in err  # CAM does not apply: no GAP head
+    fb.bench(model, (9, 11), methods=["saliency"], frames=1, repeats=1, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InputError, match="progress"):
+        fb.bench(model, (9, 11), methods=["saliency"], frames=1, progress="yes")
 
 
 def test_resnet50_sized_model():
@@ -103,9 +163,10 @@ def test_resnet50_sized_model():
     again = fastviz.models.build("resnet50-random")
     assert torch.equal(model.fc.weight, again.fc.weight)  # fixed seed
     # small input keeps it fast; CAM applies (global average pool -> linear)
-    recs = fb.bench(model, (32, 32), methods=["cam", "grad_cam"], frames=1, repeats=1, warmup=1,
+    recs = fb.bench(model, (32, 32), methods=["cam", "grad_cam"], frames=1, repeats=1, warmup=1, progress=False,
                     method_options=fb.BENCH_MODEL_OPTIONS["resnet50"])
-    assert all(r.skipped is None and r.forward_passes_per_frame == 1.0 for r in recs)
+    assert all(r.skipped is None and r.forward_calls_per_frame == 1.0 and r.model_evaluations_per_frame == 1.0
+               for r in recs)
     with pytest.raises(UnknownNameError):
         fastviz.models.build("resnet51")
 
@@ -117,17 +178,21 @@ def test_json_schema(records, tmp_path):
     info = fb.machine()
     path = fb.to_json(records, tmp_path / "bench.json", info)
     doc = json.loads(path.read_text())
-    assert doc["schema"] == fb.SCHEMA
+    assert doc["schema"] == fb.SCHEMA == "fastviz.bench/2"
     assert set(doc["machine"]) == {"cpu", "gpu", "torch", "numba"}
     assert doc["machine"]["torch"] == torch.__version__ and isinstance(doc["machine"]["cpu"], str)
     assert len(doc["records"]) == len(records)
     for rec in doc["records"]:
         assert isinstance(rec["method"], str) and isinstance(rec["batch"], int) and isinstance(rec["frames"], int)
         if rec["skipped"] is None:
-            for key in ("ms_per_frame", "ms_per_frame_p10", "ms_per_frame_p90", "frames_per_s", "forward_passes_per_frame"):
+            for key in ("ms_per_frame", "ms_per_frame_p10", "ms_per_frame_p90", "frames_per_s",
+                        "forward_calls_per_frame", "model_evaluations_per_frame"):
                 assert isinstance(rec[key], float), key
         else:
-            assert rec["ms_per_frame"] is None
+            assert rec["ms_per_frame"] is None and rec["model_evaluations_per_frame"] is None
+        assert "forward_passes_per_frame" not in rec  # schema 1's ambiguous count is gone
+    occlusion = next(rec for rec in doc["records"] if rec["method"] == "occlusion")
+    assert occlusion["model_evaluations_per_frame"] == FAST_OCCLUSION_WINDOWS + 1
     assert not list(tmp_path.glob(".*tmp*"))
 
 
@@ -143,6 +208,8 @@ def test_csv_schema(records, tmp_path):
         if r.skipped is None:
             assert float(row["ms_per_frame"]) == pytest.approx(r.ms_per_frame)
             assert float(row["frames_per_s"]) == pytest.approx(1000.0 / float(row["ms_per_frame"]))
+            assert float(row["forward_calls_per_frame"]) == pytest.approx(r.forward_calls_per_frame)
+            assert float(row["model_evaluations_per_frame"]) == r.model_evaluations_per_frame
             assert row["skipped"] == ""
         else:
             assert row["ms_per_frame"] == "" and row["skipped"] == r.skipped
@@ -165,6 +232,13 @@ def test_table_lists_every_method(records):
     for r in records:
         assert r.method in text
     assert "skipped:" in text and "ms/frame" in text
+    header = next(line for line in text.splitlines() if line.startswith("method"))
+    assert header.split()[7:9] == ["calls/frame", "evals/frame"]
+    occlusion = next(line for line in text.splitlines() if line.startswith("occlusion")).split()
+    r = by_method(records)["occlusion"]
+    assert occlusion[7] == f"{r.forward_calls_per_frame:.2f}" and occlusion[8] == str(FAST_OCCLUSION_WINDOWS + 1)
+    saliency = next(line for line in text.splitlines() if line.startswith("saliency")).split()
+    assert saliency[7:9] == ["0.67", "1"]
 
 
 # --------------------------------------------------------------------------- bad arguments (API)
@@ -259,7 +333,7 @@ def test_user_model_weights_round_trip(user_model, name):
     assert size is None and not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
-    recs = fb.bench(model, (12, 12), methods=["cam", "saliency"], frames=2, repeats=1)
+    recs = fb.bench(model, (12, 12), methods=["cam", "saliency"], frames=2, repeats=1, progress=False)
     assert all(r.skipped is None for r in recs)
 
 
@@ -291,6 +365,70 @@ def test_user_model_bad_inputs(user_model):
         fb.load_model("pilotnet", folder / "gap.pt")
     with pytest.raises(UnknownNameError):
         fb.load_model("vgg")
+
+
+SHADOW_MODULE = textwrap.dedent(
+    """
+    from torch import nn
+
+    ORIGIN = {origin!r}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(1, 2, 3))
+    """
+)
+
+
+@pytest.fixture
+def shadowing_cwd(tmp_path, monkeypatch):
+    """An "installed" package ``fvshadowpkg`` (a folder at the end of sys.path, as site-packages is) and a
+    local folder of the same name in the current folder; sys.path holds neither '' nor the current folder,
+    as under the ``fastviz`` command."""
+    name = "fvshadowpkg"
+    for origin in ("installed", "local"):
+        folder = tmp_path / origin / name
+        folder.mkdir(parents=True)
+        (folder / "__init__.py").write_text(SHADOW_MODULE.format(origin=origin))
+    (tmp_path / "local" / "fvlocalonly.py").write_text(SHADOW_MODULE.format(origin="local"))
+    monkeypatch.chdir(tmp_path / "local")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path / "local"))]
+                        + [str(tmp_path / "installed")])
+    importlib.invalidate_caches()
+    yield tmp_path
+    for module in (name, "fvlocalonly"):
+        sys.modules.pop(module, None)
+
+
+def test_import_path_model_never_comes_from_the_current_folder(shadowing_cwd):
+    before = list(sys.path)
+    model, size = fb.load_model("fvshadowpkg:Net")
+    module = sys.modules["fvshadowpkg"]
+    assert module.ORIGIN == "installed"
+    assert Path(module.__file__).parent.parent == shadowing_cwd / "installed"
+    assert type(model).__module__ == "fvshadowpkg" and size is None and not model.training
+    assert sys.path == before  # nothing added, not even for the time of the import
+
+
+def test_local_module_is_not_imported_and_the_error_says_how(shadowing_cwd):
+    with pytest.raises(InputError, match="cannot import 'fvlocalonly'") as err:
+        fb.load_model("fvlocalonly:Net")
+    assert f"PYTHONPATH={shadowing_cwd / 'local'}" in str(err.value)
+    assert "fvlocalonly" not in sys.modules
+    # what the message suggests works
+    sys.path.insert(0, str(shadowing_cwd / "local"))
+    model, _ = fb.load_model("fvlocalonly:Net")
+    assert sys.modules["fvlocalonly"].ORIGIN == "local" and isinstance(model, torch.nn.Module)
+
+
+def test_malformed_module_path_is_an_error():
+    for spec in ("a..b:Net", "a b:Net", ".rel:Net"):
+        with pytest.raises(InputError, match="malformed"):
+            fb.load_model(spec)
 
 
 # --------------------------------------------------------------------------- CLI
