@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,18 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure what each saliency method costs on a model: table, JSON, CSV, PNG",
         description=(
             "Run every method (or --methods) on --frames random inputs, warm-up then timed runs, and print "
-            "one row per method: ms per frame (median, p10, p90), frames/s, forward passes per frame and "
-            "peak memory. Methods that do not apply to the model are listed as skipped. JSON: "
-            '{"schema": "fastviz.bench/1", "machine": {cpu, gpu, torch, numba}, "records": [{method, device, '
-            "batch, frames, ms_per_frame, ms_per_frame_p10, ms_per_frame_p90, frames_per_s, "
-            "forward_passes_per_frame, peak_memory_bytes, skipped}, ...]} (null where not measured); CSV: the "
+            "one row per method: ms per frame (median, p10, p90), frames/s, batched forward calls and model "
+            "evaluations (rows) per frame, and peak memory; a progress bar per method on stderr. Methods that "
+            'do not apply to the model are listed as skipped. JSON: {"schema": "fastviz.bench/2", "machine": '
+            "{cpu, gpu, torch, numba}, \"records\": [{method, device, batch, frames, ms_per_frame, "
+            "ms_per_frame_p10, ms_per_frame_p90, frames_per_s, forward_calls_per_frame, "
+            "model_evaluations_per_frame, peak_memory_bytes, skipped}, ...]} (null where not measured); CSV: the "
             "same record columns then cpu, gpu, torch, numba, one row per method."
         ),
     )
     bn.add_argument(
         "--model", default="pilotnet", metavar="NAME|PATH",
         help="pilotnet (bundled pilotnet-carracing, 66x200), resnet50 (ResNet-50-sized, random weights, "
-        "224x224), a .safetensors file, or an import path package.module:ClassName (default: %(default)s)",
+        "224x224), a .safetensors file, or an import path package.module:ClassName, imported from the "
+        "installed environment, never from the current folder (PYTHONPATH=. for a module of your own) "
+        "(default: %(default)s)",
     )
     bn.add_argument("--weights", metavar="FILE",
                     help="weights for an import-path model: .safetensors, .pt or .pth state dict, loaded weights-only")
@@ -297,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", metavar="FILE", help="write the records and the machine as JSON")
     bn.add_argument("--csv", metavar="FILE", help="write one CSV row per method")
     bn.add_argument("--plot", metavar="FILE.png", help="write a bar chart of ms per frame (log scale) as PNG")
+    bn.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     bn.set_defaults(run=_bench)
     return parser
 
@@ -347,6 +352,12 @@ def _quiet_opencv() -> None:
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (grayscale frames converted, frames squashed to the model's aspect ratio, ...) as one
+    line ``fastviz: warning: ...`` on stderr, without Python's source-line echo."""
+    print(f"fastviz: warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- overlay
@@ -468,7 +479,7 @@ def _bench(args: argparse.Namespace) -> int:
     options = {k: v for k, v in fb.BENCH_MODEL_OPTIONS.get(args.model, {}).items() if k in names}
     records = fb.bench(model, size, methods=names, frames=args.frames, device=device, batch=args.batch,
                        memory_budget=args.memory_budget, repeats=args.repeats, warmup=args.warmup,
-                       method_options=options)
+                       method_options=options, progress=not args.quiet)
     written: list[Path] = []
     try:
         for key, write in (("json", fb.to_json), ("csv", fb.to_csv)):
@@ -499,15 +510,22 @@ def main(argv: list[str] | None = None) -> int:
     """
     _quiet_opencv()
     fastviz.scheduler.tune_cpu_allocator()  # our own process: keep activation buffers for reuse
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:  # bare `fastviz`: say what it can do
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except _UsageError as exc:
         print(f"fastviz: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except FastvizError as exc:
         print(f"fastviz: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

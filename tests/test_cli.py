@@ -314,9 +314,17 @@ def test_bad_output_paths(assets, tmp_path, capsys):
     assert "does not exist" in one_error_line(capsys.readouterr().err)
     assert cli.main(["overlay", log, "--model", model]) == 2
     assert "--output" in one_error_line(capsys.readouterr().err)
-    assert cli.main([]) == 2
-    one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bare_fastviz_prints_usage(capsys):
+    """No arguments: the usage and every command, on stderr, exit 2 (nothing to do)."""
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: fastviz")
+    for command in ("overlay", "bench"):
+        assert command in captured.err
 
 
 def test_output_may_not_overwrite_input(assets, tmp_path, capsys):
