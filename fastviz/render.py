@@ -1,4 +1,4 @@
-"""Saliency maps -> pictures: normalisation, colormaps, overlays, focus-on-blur, side-by-side.
+"""Saliency maps -> pictures: colour scales, overlays, focus-on-blur, side-by-side, legends, gauges.
 
 Everything here works on single frames in host memory with OpenCV: frames are ``numpy`` uint8
 ``(H, W, 3)`` RGB, maps are 2-D float arrays (numpy, or torch tensors which are copied to the
@@ -6,15 +6,48 @@ host). A map computed at the model's input resolution (PilotNet: 66 x 200) is pu
 recorded frame with :func:`resize_to_frame`, into the pixel box the model sees (``region``, as
 given by ``model.transform.region(H, W)``); the rest of the frame gets no saliency.
 
+Colour scales
+-------------
+A map is *signed* when it has negative values (occlusion with ``score="delta"``: the change of
+the target, e.g. radians of steering for PilotNet; gradients) and *non-negative* otherwise
+(VisualBackProp and back-projection in [0, 1], Grad-CAM >= 0); ``signed=`` overrides the
+guess, and a fixed ``vrange`` with a negative lower end means signed.
+
+* Signed maps are scaled symmetrically, ``u = v / a`` with ``a = max|v|`` (or the fixed
+  range's larger end), so zero is always the middle of the scale, and drawn with a diverging
+  colour map (default ``"rdbu_r"``, ColorBrewer RdBu: blue < 0, near-white 0, red > 0). Over
+  the frame their opacity is ``alpha * |u|``: where the map is 0 the frame shows unchanged, so
+  "no effect" reads as the picture itself and only the pixels that matter are tinted.
+* Non-negative maps are scaled ``u = (v - lo) / (hi - lo)`` (per map: its minimum and maximum)
+  and drawn with a sequential perceptual colour map (default ``"inferno"``), blended with a
+  constant opacity ``alpha`` (the dark end of the scale then dims the unimportant pixels).
+
+The scale is set per frame by default (a legend's numbers then change from frame to frame);
+give ``vrange=(lo, hi)`` to fix it for a whole video, e.g. from the first batch with
+:func:`value_range` (``clip=(1, 99)`` for a high percentile). Values beyond a fixed range take
+the end colours.
+
+Legend and gauge
+----------------
+:func:`render` with ``legend=True`` adds a strip *below* the picture (the picture itself is
+never covered): a colour bar whose ticks give the values the colours stand for, in ``units``
+(:func:`colorbar`). With ``gauge=`` it also shows the predicted and the recorded steering
+angle on a horizontal dial (:func:`steering_gauge`). In ``side-by-side`` the colour bar sits
+under the heatmap panel and the gauge under the frame panel.
+
 >>> import numpy as np
 >>> frame = np.zeros((96, 96, 3), np.uint8)
 >>> saliency = np.random.rand(66, 200).astype(np.float32)
 >>> render(frame, saliency, layout="side-by-side", region=(0, 84, 0, 96), scale=2).shape
 (192, 576, 3)
+>>> render(frame, saliency - 0.5, region=(0, 84, 0, 96), scale=4, legend=True, units="rad").shape
+(430, 384, 3)
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -23,18 +56,30 @@ import numpy as np
 from .errors import InputError, UnknownNameError
 
 __all__ = [
+    "AUTO_DIVERGING",
+    "AUTO_SEQUENTIAL",
     "COLORMAPS",
+    "COLORMAP_CHOICES",
+    "DIVERGING",
+    "GAUGE_LIMIT",
     "LAYOUTS",
+    "OPACITIES",
+    "PREDICTED_COLOUR",
+    "RECORDED_COLOUR",
+    "colorbar",
     "crop",
     "focus",
     "grid",
     "heatmap",
+    "lut",
     "normalize",
     "overlay",
     "render",
     "resize_to_frame",
     "side_by_side",
+    "steering_gauge",
     "upscale",
+    "value_range",
     "weights_grid",
 ]
 
@@ -43,10 +88,64 @@ COLORMAPS: dict[str, int] = {
     name[len("COLORMAP_"):].lower(): int(getattr(cv2, name)) for name in dir(cv2) if name.startswith("COLORMAP_")
 }
 
+
+def _diverging_lut(anchors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """An odd number of RGB anchors, low to high, -> a (256, 3) uint8 LUT symmetric about its middle.
+
+    Entries 0..127 run over the first half of the anchors and 128..255 over the second, so
+    entries 127 and 128 are both exactly the middle anchor (value 0 of a signed map lands on
+    128) and entry ``i`` sits at the mirror position of entry ``255 - i``. Linear in RGB between
+    anchors, as matplotlib's ``LinearSegmentedColormap``.
+    """
+    anchors = np.asarray(anchors, np.float64)
+    i = np.arange(256, dtype=np.float64)
+    position = np.where(i < 128, 0.5 * i / 127.0, 0.5 + 0.5 * (i - 128.0) / 127.0)
+    knots = np.linspace(0.0, 1.0, len(anchors))
+    channels = [np.interp(position, knots, anchors[:, c]) for c in range(3)]
+    return np.rint(np.stack(channels, axis=1)).astype(np.uint8)
+
+
+#: ColorBrewer RdBu (Brewer, colorbrewer2.org, 11 classes), ordered blue -> white -> red.
+_RDBU_BLUE_TO_RED = (
+    (5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
+    (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31),
+)
+
+#: Diverging colour maps as (256, 3) uint8 RGB LUTs, low -> high, neutral in the middle (127, 128):
+#: ``"rdbu_r"`` blue (negative) -> near-white (0) -> red (positive), matplotlib's ``RdBu_r``;
+#: ``"rdbu"`` the reverse.
+DIVERGING: dict[str, np.ndarray] = {"rdbu_r": _diverging_lut(_RDBU_BLUE_TO_RED)}
+DIVERGING["rdbu"] = np.ascontiguousarray(DIVERGING["rdbu_r"][::-1])
+for _lut in DIVERGING.values():
+    _lut.setflags(write=False)
+
+#: Every colour map name :func:`render` accepts: ``"auto"`` (by the map's sign), OpenCV's, the diverging ones.
+COLORMAP_CHOICES: tuple[str, ...] = ("auto", *sorted(COLORMAPS), *sorted(DIVERGING))
+
+#: The colour maps ``colormap="auto"`` picks: for signed maps, and for non-negative maps.
+AUTO_DIVERGING, AUTO_SEQUENTIAL = "rdbu_r", "inferno"
+
 #: Layouts accepted by :func:`render`.
 LAYOUTS: tuple[str, ...] = ("overlay", "focus", "side-by-side")
 
+#: Opacity modes of :func:`overlay`: ``"auto"`` (``"value"`` for signed maps, else ``"constant"``),
+#: ``"constant"`` (``alpha`` everywhere), ``"value"`` (``alpha * |u|``, u the scaled map).
+OPACITIES: tuple[str, ...] = ("auto", "constant", "value")
+
+#: Default end of the steering gauge, radians: CarRacing-v3 limits the front wheels to +-0.4 rad.
+GAUGE_LIMIT: float = 0.4
+
+#: Needle colours of the steering gauge, RGB (Okabe & Ito's orange and sky blue: told apart
+#: also with colour-vision deficiencies; the needles also differ in shape and side).
+PREDICTED_COLOUR: tuple[int, int, int] = (230, 159, 0)
+RECORDED_COLOUR: tuple[int, int, int] = (86, 180, 233)
+
+_TRACK_COLOUR = (150, 150, 150)
+_LABEL_COLOUR = (255, 255, 255)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
 Region = tuple[int, int, int, int]
+Colormap = str | int | np.ndarray
 
 
 # --------------------------------------------------------------------------- input checks
@@ -97,15 +196,31 @@ def _region(region, height: int, width: int) -> Region:
     return y0, y1, x0, x1
 
 
-def _colormap(colormap: str | int) -> int:
+def _colormap(colormap: Colormap) -> int | np.ndarray:
+    """A colour map spec -> an OpenCV colormap code, or a (256, 3) uint8 RGB LUT."""
     if isinstance(colormap, str):
         key = colormap.lower()
+        if key in DIVERGING:
+            return DIVERGING[key]
         if key not in COLORMAPS:
-            raise UnknownNameError(f"unknown colormap {colormap!r} (known: {', '.join(sorted(COLORMAPS))})")
+            known = ", ".join(name for name in COLORMAP_CHOICES if name != "auto")
+            hint = " ('auto' is decided by the map's sign: give it to overlay or render)" if key == "auto" else ""
+            raise UnknownNameError(f"unknown colormap {colormap!r}{hint} (known: {known})")
         return COLORMAPS[key]
-    if isinstance(colormap, (int, np.integer)) and int(colormap) in COLORMAPS.values():
+    if isinstance(colormap, np.ndarray):
+        if colormap.shape != (256, 3) or colormap.dtype != np.uint8:
+            raise InputError(f"a colour LUT must be uint8 RGB of shape (256, 3), got {colormap.dtype} {colormap.shape}")
+        return colormap
+    if isinstance(colormap, (int, np.integer)) and not isinstance(colormap, bool) and int(colormap) in COLORMAPS.values():
         return int(colormap)
-    raise UnknownNameError(f"unknown colormap {colormap!r}: give a name or a cv2.COLORMAP_* constant")
+    raise UnknownNameError(f"unknown colormap {colormap!r}: give a name, a cv2.COLORMAP_* constant or a (256, 3) LUT")
+
+
+def _auto_colormap(colormap: Colormap | None, signed: bool) -> int | np.ndarray:
+    """``None`` / ``"auto"`` -> the default for the map's sign; anything else as given (validated)."""
+    if colormap is None or (isinstance(colormap, str) and colormap.lower() == "auto"):
+        colormap = AUTO_DIVERGING if signed else AUTO_SEQUENTIAL
+    return _colormap(colormap)
 
 
 def _unit_interval(value: float, what: str) -> float:
@@ -115,10 +230,133 @@ def _unit_interval(value: float, what: str) -> float:
     return value
 
 
+def _vrange(vrange) -> tuple[float, float] | None:
+    if vrange is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in vrange)
+    except (TypeError, ValueError):
+        raise InputError(f"vrange must be a pair of numbers (lo, hi), got {vrange!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"vrange must be finite with lo < hi, got {(lo, hi)}")
+    return lo, hi
+
+
+def _signed(signed, m: np.ndarray, vrange: tuple[float, float] | None) -> bool:
+    """The signed/non-negative decision: as given, else from ``vrange``, else from the map."""
+    if signed is None or (isinstance(signed, str) and signed == "auto"):
+        if vrange is not None:
+            return vrange[0] < 0.0
+        return bool(m.min() < 0.0)
+    if not isinstance(signed, (bool, np.bool_)):
+        raise InputError(f"signed must be True, False or None (auto), got {signed!r}")
+    return bool(signed)
+
+
+def _opacity(opacity: str, signed: bool) -> str:
+    if opacity not in OPACITIES:
+        raise UnknownNameError(f"unknown opacity {opacity!r} (known: {', '.join(OPACITIES)})")
+    if opacity == "auto":
+        return "value" if signed else "constant"
+    return opacity
+
+
+def _percentiles(clip) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise InputError(f"clip must be a pair of percentiles (lo, hi), got {clip!r}") from None
+    if not 0.0 <= lo < hi <= 100.0:
+        raise InputError(f"clip percentiles must satisfy 0 <= lo < hi <= 100, got {(lo, hi)}")
+    return lo, hi
+
+
 # --------------------------------------------------------------------------- maps
 
 
-def normalize(saliency, *, clip: tuple[float, float] | None = None, signed: bool = False) -> np.ndarray:
+def _ranges(batch: np.ndarray, signed: bool, clip, vrange) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map colour range ``(lo, hi)`` of a ``(N, H, W)`` batch, as ``(N, 1, 1)`` arrays."""
+    if vrange is not None:
+        lo = np.full((batch.shape[0], 1, 1), vrange[0], np.float32)
+        hi = np.full((batch.shape[0], 1, 1), vrange[1], np.float32)
+    elif clip is not None:
+        p_lo, p_hi = _percentiles(clip)
+        lo = np.percentile(batch, p_lo, axis=(1, 2), keepdims=True).astype(np.float32)
+        hi = np.percentile(batch, p_hi, axis=(1, 2), keepdims=True).astype(np.float32)
+    else:
+        lo = batch.min(axis=(1, 2), keepdims=True)
+        hi = batch.max(axis=(1, 2), keepdims=True)
+    if signed:
+        a = np.maximum(np.abs(lo), np.abs(hi))
+        return -a, a
+    return lo, hi
+
+
+def _scaled(batch: np.ndarray, lo: np.ndarray, hi: np.ndarray, signed: bool) -> np.ndarray:
+    """``u``: signed ``v / a`` in [-1, 1] (``a = hi``); else ``(v - lo) / (hi - lo)`` in [0, 1]; flat -> 0."""
+    span = (hi if signed else hi - lo).astype(np.float32, copy=True)
+    flat = span == 0
+    span[flat] = 1.0
+    u = batch / span if signed else (batch - lo) / span
+    u = np.where(np.broadcast_to(flat, u.shape), np.float32(0.0), u)
+    return np.clip(u, -1.0 if signed else 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _unit_map(m: np.ndarray, signed: bool, clip, vrange) -> tuple[np.ndarray, tuple[float, float]]:
+    """One 2-D map -> (``u`` as in :func:`_scaled`, the value range ``(lo, hi)`` its colours span)."""
+    lo, hi = _ranges(m[None], signed, clip, vrange)
+    return _scaled(m[None], lo, hi, signed)[0], (float(lo.flat[0]), float(hi.flat[0]))
+
+
+def value_range(saliency, *, signed: bool | None = None, clip: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The value range a colour scale should span, over all the maps given together.
+
+    Use it to fix one scale for a whole video (``render(..., vrange=value_range(first_batch,
+    clip=(1, 99)))``), so that a colour means the same value in every frame.
+
+    Parameters
+    ----------
+    saliency : numpy.ndarray or torch.Tensor, any shape, e.g. (B, H, W)
+        Raw maps, finite, in the method's units (occlusion deltas: the target's units, e.g.
+        radians of steering). Tensors are copied to the host.
+    signed : bool, optional
+        ``None`` (default): signed if any value is negative.
+    clip : (float, float), optional
+        Percentiles ``(lo, hi)``, ``0 <= lo < hi <= 100``, of all the values instead of their
+        minimum and maximum (``(1, 99)`` keeps a few extreme pixels from washing out the rest).
+
+    Returns
+    -------
+    (float, float)
+        ``(lo, hi)``. Signed: ``(-a, a)`` with ``a`` the larger magnitude of the two ends
+        (minimum and maximum, or the two percentiles), so zero is in the middle; non-negative:
+        the two ends themselves (equal for a constant map: give a wider range to ``vrange``).
+
+    Raises
+    ------
+    InputError
+        For an empty, non-numeric or non-finite input, or bad ``clip`` / ``signed``.
+
+    Examples
+    --------
+    >>> value_range(np.array([[-0.5, 0.1], [0.2, 0.25]]))
+    (-0.5, 0.5)
+    >>> value_range(np.arange(101.0), clip=(10, 90))
+    (10.0, 90.0)
+    """
+    m = _to_numpy(saliency)
+    signed = _signed(signed, m, None)
+    lo, hi = _ranges(m.reshape(1, 1, -1), signed, clip, None)
+    return float(lo.flat[0]), float(hi.flat[0])
+
+
+def normalize(
+    saliency,
+    *,
+    clip: tuple[float, float] | None = None,
+    signed: bool | None = False,
+    vrange: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Scale each saliency map to [0, 1].
 
     Parameters
@@ -126,13 +364,20 @@ def normalize(saliency, *, clip: tuple[float, float] | None = None, signed: bool
     saliency : numpy.ndarray or torch.Tensor, shape (H, W) or (B, H, W)
         Raw maps, any real dtype. Tensors are copied to the host.
     clip : (float, float), optional
-        Percentiles ``(lo, hi)`` with ``0 <= lo < hi <= 100``: each map is first clipped to its
-        own ``lo``-th and ``hi``-th percentile, so a few extreme pixels do not wash out the rest
-        (``(1, 99)`` is a common choice). Default: no clipping.
-    signed : bool
-        ``False`` (default): min-max per map, ``(m - min) / (max - min)``; a constant map gives
-        zeros. ``True``: keep the sign and zero, ``0.5 + 0.5 * m / max|m|``, so 0 maps to 0.5
-        (for diverging colormaps); an all-zero map gives 0.5 everywhere.
+        Percentiles ``(lo, hi)`` with ``0 <= lo < hi <= 100``: the range of each map is its own
+        ``lo``-th and ``hi``-th percentile instead of its minimum and maximum, so a few extreme
+        pixels do not wash out the rest (``(1, 99)`` is a common choice); values beyond it take
+        the end values. Default: no clipping. Ignored when ``vrange`` is given.
+    signed : bool or None
+        ``False`` (default): ``(m - lo) / (hi - lo)`` per map with ``lo, hi`` its minimum and
+        maximum (or percentiles, or ``vrange``); a constant map gives zeros. ``True``: keep the
+        sign and zero, ``0.5 + 0.5 * m / a`` with ``a = max(|lo|, |hi|)`` (per map ``max|m|``),
+        so 0 maps to exactly 0.5 and ``m``, ``-m`` to mirror values (for diverging colour
+        maps); clipping is symmetric, to ``[-a, a]``; an all-zero map gives 0.5 everywhere.
+        ``None``: signed if any value (of all the maps, or ``vrange``'s lower end) is negative.
+    vrange : (float, float), optional
+        A fixed ``(lo, hi)``, ``lo < hi``, for every map instead of each map's own range, e.g.
+        from :func:`value_range` (the same colour means the same value across a video).
 
     Returns
     -------
@@ -142,41 +387,25 @@ def normalize(saliency, *, clip: tuple[float, float] | None = None, signed: bool
     Raises
     ------
     InputError
-        If ``saliency`` is not a non-empty 2-D or 3-D real array with finite values, or ``clip``
-        is not a valid percentile pair.
+        If ``saliency`` is not a non-empty 2-D or 3-D real array with finite values, or
+        ``clip`` or ``vrange`` is not a valid pair.
 
     Examples
     --------
     >>> normalize(np.array([[1.0, 2.0], [3.0, 5.0]])).tolist()
     [[0.0, 0.25], [0.5, 1.0]]
+    >>> normalize(np.array([[-2.0, 0.0, 1.0]]), signed=True).tolist()
+    [[0.0, 0.5, 0.75]]
     """
     m = _to_numpy(saliency)
     if m.ndim not in (2, 3):
         raise InputError(f"saliency map must be (H, W) or (B, H, W), got shape {m.shape}")
     batch = m if m.ndim == 3 else m[None]
-    batch = batch.astype(np.float32, copy=True)
-    if clip is not None:
-        try:
-            lo, hi = (float(v) for v in clip)
-        except (TypeError, ValueError):
-            raise InputError(f"clip must be a pair of percentiles (lo, hi), got {clip!r}") from None
-        if not 0.0 <= lo < hi <= 100.0:
-            raise InputError(f"clip percentiles must satisfy 0 <= lo < hi <= 100, got {(lo, hi)}")
-        low = np.percentile(batch, lo, axis=(1, 2), keepdims=True).astype(np.float32)
-        high = np.percentile(batch, hi, axis=(1, 2), keepdims=True).astype(np.float32)
-        np.clip(batch, low, high, out=batch)
-    if signed:
-        scale = np.abs(batch).max(axis=(1, 2), keepdims=True)
-        scale[scale == 0] = 1.0
-        out = 0.5 + 0.5 * (batch / scale)
-    else:
-        low = batch.min(axis=(1, 2), keepdims=True)
-        span = batch.max(axis=(1, 2), keepdims=True) - low
-        flat = span == 0
-        span[flat] = 1.0
-        out = (batch - low) / span
-        out[np.broadcast_to(flat, out.shape)] = 0.0
-    out = np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+    vrange = _vrange(vrange)
+    signed = _signed(signed, batch, vrange)
+    lo, hi = _ranges(batch, signed, clip, vrange)
+    u = _scaled(batch, lo, hi, signed)
+    out = (0.5 + 0.5 * u).astype(np.float32) if signed else u
     return out if m.ndim == 3 else out[0]
 
 
@@ -218,17 +447,49 @@ def resize_to_frame(saliency, frame_shape: Sequence[int], region: Region | None 
     return out
 
 
-def heatmap(map01, colormap: str | int = "jet") -> np.ndarray:
-    """Colour a map with an OpenCV colormap.
+def lut(colormap: Colormap) -> np.ndarray:
+    """The 256 colours of a colour map, low to high.
+
+    Parameters
+    ----------
+    colormap : str, int or numpy.ndarray
+        A name from :data:`COLORMAP_CHOICES` other than ``"auto"`` (OpenCV's and
+        :data:`DIVERGING`), a ``cv2.COLORMAP_*`` constant, or a (256, 3) uint8 RGB LUT.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (256, 3), RGB; entry ``k`` is the colour of level ``k / 255``.
+
+    Raises
+    ------
+    UnknownNameError
+        For an unknown colour map.
+    """
+    spec = _colormap(colormap)
+    if isinstance(spec, np.ndarray):
+        return spec.copy()
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    return np.ascontiguousarray(cv2.applyColorMap(ramp, spec)[:, 0, ::-1])
+
+
+def heatmap(map01, colormap: Colormap = "jet") -> np.ndarray:
+    """Colour a map with a colour map.
+
+    Level ``k = rint(255 * clip(value, 0, 1))`` gets colour ``k`` of the colour map (OpenCV
+    ``cv2.applyColorMap``, with the LUT itself for the diverging maps). For a signed map
+    normalised with :func:`normalize` (``signed=True``), 0 lands on level 128, the middle
+    (neutral) colour of a :data:`DIVERGING` map, and ``v``, ``-v`` on mirror levels.
 
     Parameters
     ----------
     map01 : numpy.ndarray or torch.Tensor, shape (H, W)
         Values in [0, 1] (values outside are clipped; see :func:`normalize`). A uint8 map is
         taken as 0..255 levels as is.
-    colormap : str or int
-        A name from :data:`COLORMAPS` (``"jet"``, ``"inferno"``, ``"turbo"``, ...) or a
-        ``cv2.COLORMAP_*`` constant.
+    colormap : str, int or numpy.ndarray
+        A name from :data:`COLORMAPS` (``"jet"``, ``"inferno"``, ``"turbo"``, ...) or
+        :data:`DIVERGING` (``"rdbu_r"``), a ``cv2.COLORMAP_*`` constant, or a (256, 3) uint8
+        RGB LUT.
 
     Returns
     -------
@@ -238,9 +499,9 @@ def heatmap(map01, colormap: str | int = "jet") -> np.ndarray:
     Raises
     ------
     InputError
-        If the map is not 2-D and finite.
+        If the map is not 2-D and finite, or a LUT is not (256, 3) uint8.
     UnknownNameError
-        If ``colormap`` is not an OpenCV colormap.
+        If ``colormap`` is not a known colour map.
     """
     code = _colormap(colormap)
     if isinstance(map01, np.ndarray) and map01.dtype == np.uint8:
@@ -249,6 +510,8 @@ def heatmap(map01, colormap: str | int = "jet") -> np.ndarray:
         levels = np.ascontiguousarray(map01)
     else:
         levels = np.rint(np.clip(_map2d(map01), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if isinstance(code, np.ndarray):
+        code = np.ascontiguousarray(code[:, ::-1].reshape(256, 1, 3))  # RGB LUT -> OpenCV's BGR user colour map
     return cv2.cvtColor(cv2.applyColorMap(levels, code), cv2.COLOR_BGR2RGB)
 
 
@@ -283,21 +546,44 @@ def _scale(scale) -> int:
     return int(scale)
 
 
+def _blend(frame: np.ndarray, u: np.ndarray, signed: bool, region: Region, alpha: float, colormap, opacity: str) -> np.ndarray:
+    """The overlay of a scaled map ``u`` (see :func:`_scaled`) on a validated frame and region."""
+    y0, y1, x0, x1 = region
+    placed = resize_to_frame(u, frame.shape, region)[y0:y1, x0:x1]
+    heat = heatmap(0.5 + 0.5 * placed if signed else placed, colormap)
+    part = np.ascontiguousarray(frame[y0:y1, x0:x1])
+    out = frame.copy()
+    if opacity == "constant":
+        out[y0:y1, x0:x1] = cv2.addWeighted(part, 1.0 - alpha, heat, alpha, 0.0)
+    else:
+        weight = (alpha * np.abs(placed))[..., None]
+        mixed = part.astype(np.float32) + weight * (heat.astype(np.float32) - part)
+        out[y0:y1, x0:x1] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
+
+
 def overlay(
     frame: np.ndarray,
     saliency,
     *,
     alpha: float = 0.5,
-    colormap: str | int = "jet",
+    colormap: Colormap | None = None,
     region: Region | None = None,
     clip: tuple[float, float] | None = None,
+    signed: bool | None = None,
+    vrange: tuple[float, float] | None = None,
+    opacity: str = "auto",
 ) -> np.ndarray:
     """Blend a colour-mapped saliency map over the frame.
 
-    The map is normalised (:func:`normalize`, with ``clip``), resized into ``region``
-    (:func:`resize_to_frame`), coloured (:func:`heatmap`) and blended with
-    ``cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)`` inside ``region``; pixels outside
-    ``region`` are the frame's, unchanged.
+    The map is scaled (see :func:`normalize`: signed maps symmetrically, ``u = v / a`` in
+    [-1, 1]; non-negative maps ``u = (v - lo) / (hi - lo)`` in [0, 1]), resized into
+    ``region`` (:func:`resize_to_frame`), coloured (:func:`heatmap`; signed maps at level
+    ``0.5 + 0.5 * u``) and blended over the frame inside ``region``; pixels outside ``region``
+    are the frame's, unchanged. Blending: ``"constant"`` opacity is
+    ``cv2.addWeighted(frame, 1 - alpha, heat, alpha, 0)``; ``"value"`` opacity is
+    ``rint(frame + alpha * |u| * (heat - frame))`` per pixel, so where the map is 0 the pixel
+    is exactly the frame's.
 
     Parameters
     ----------
@@ -306,13 +592,23 @@ def overlay(
     saliency : numpy.ndarray or torch.Tensor, shape (h, w)
         Raw map, any resolution (typically the model's input resolution).
     alpha : float
-        Weight of the heatmap, in [0, 1].
-    colormap : str or int
-        See :func:`heatmap`.
+        Opacity of the heatmap, in [0, 1] (the largest, with ``"value"`` opacity).
+    colormap : str, int, numpy.ndarray or None
+        ``None`` or ``"auto"`` (default): ``"rdbu_r"`` (diverging, zero near-white) for a
+        signed map, ``"inferno"`` (sequential) otherwise; else see :func:`heatmap`.
     region : (y0, y1, x0, x1), optional
         The part of the frame the map covers; default the whole frame.
     clip : (float, float), optional
-        Percentile clipping before normalising; see :func:`normalize`.
+        Percentile range instead of the map's minimum and maximum; see :func:`normalize`.
+    signed : bool, optional
+        ``None`` (default): signed if ``vrange`` starts below 0, else if the map has a negative
+        value. Give ``True`` for maps that are signed by nature (occlusion ``score="delta"``),
+        so that a frame whose values happen to be all positive keeps the same colour scale.
+    vrange : (float, float), optional
+        Fixed value range (units of the map) instead of the map's own; see :func:`value_range`.
+    opacity : {"auto", "constant", "value"}
+        ``"auto"`` (default): ``"value"`` for signed maps (zero shows the frame), ``"constant"``
+        otherwise.
 
     Returns
     -------
@@ -322,20 +618,43 @@ def overlay(
     Raises
     ------
     InputError
-        For a frame that is not uint8 (H, W, 3), a map that is not 2-D, a region outside the
-        frame, or ``alpha`` outside [0, 1].
+        For a frame that is not uint8 (H, W, 3), a map that is not 2-D and finite, a region
+        outside the frame, ``alpha`` outside [0, 1], or a bad ``clip``, ``vrange`` or
+        ``signed``.
     UnknownNameError
-        For an unknown colormap.
+        For an unknown colour map or opacity.
     """
     frame = _frame(frame)
     m = _map2d(saliency)
     alpha = _unit_interval(alpha, "alpha")
-    y0, y1, x0, x1 = _region(region, frame.shape[0], frame.shape[1])
-    placed = resize_to_frame(normalize(m, clip=clip), frame.shape, (y0, y1, x0, x1))
-    heat = heatmap(placed[y0:y1, x0:x1], colormap)
-    out = frame.copy()
-    out[y0:y1, x0:x1] = cv2.addWeighted(np.ascontiguousarray(frame[y0:y1, x0:x1]), 1.0 - alpha, heat, alpha, 0.0)
-    return out
+    region = _region(region, frame.shape[0], frame.shape[1])
+    vrange = _vrange(vrange)
+    signed = _signed(signed, m, vrange)
+    code = _auto_colormap(colormap, signed)
+    mode = _opacity(opacity, signed)
+    u, _ = _unit_map(m, signed, clip, vrange)
+    return _blend(frame, u, signed, region, alpha, code, mode)
+
+
+def _focus_weights(u: np.ndarray, signed: bool) -> np.ndarray:
+    return np.abs(u) if signed else u
+
+
+def _focus(frame: np.ndarray, weights: np.ndarray, region, blur_sigma, smooth_sigma) -> np.ndarray:
+    height, width = frame.shape[:2]
+    if blur_sigma is None:
+        blur_sigma = max(1.0, min(height, width) / 32.0)
+    if not float(blur_sigma) > 0:
+        raise InputError(f"blur_sigma must be > 0, got {blur_sigma}")
+    if not float(smooth_sigma) >= 0:
+        raise InputError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+    weights = resize_to_frame(weights, frame.shape, region)
+    if smooth_sigma > 0:
+        weights = cv2.GaussianBlur(weights, (0, 0), float(smooth_sigma))
+    blurred = cv2.GaussianBlur(frame, (0, 0), float(blur_sigma)).astype(np.float32)
+    sharp = frame.astype(np.float32)
+    out = blurred + weights[..., None] * (sharp - blurred)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def focus(
@@ -346,14 +665,18 @@ def focus(
     smooth_sigma: float = 0.0,
     region: Region | None = None,
     clip: tuple[float, float] | None = None,
+    signed: bool | None = None,
+    vrange: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Focus-on-blur display: the salient area sharp over a blurred copy of the frame.
 
     ``out = w * frame + (1 - w) * blurred`` per pixel, where ``blurred`` is the frame through a
-    Gaussian blur of ``blur_sigma`` and ``w`` the normalised map placed onto the frame
-    (:func:`normalize`, :func:`resize_to_frame`), optionally smoothed. Where ``w == 1`` the
-    output is exactly the frame; where ``w == 0`` (including outside ``region``, which the
-    model does not see) it is exactly the blurred frame.
+    Gaussian blur of ``blur_sigma`` and ``w`` the scaled map placed onto the frame
+    (:func:`resize_to_frame`), optionally smoothed: ``(v - lo) / (hi - lo)`` for a non-negative
+    map (:func:`normalize`), ``|v| / a`` for a signed one (a strong negative effect is as
+    salient as a strong positive one). Where ``w == 1`` the output is exactly the frame; where
+    ``w == 0`` (including outside ``region``, which the model does not see) it is exactly the
+    blurred frame.
 
     Parameters
     ----------
@@ -369,8 +692,8 @@ def focus(
         placing them, to soften the edges of the sharp area; 0 (default) = none.
     region : (y0, y1, x0, x1), optional
         The part of the frame the map covers; default the whole frame.
-    clip : (float, float), optional
-        Percentile clipping before normalising; see :func:`normalize`.
+    clip, signed, vrange
+        The value range, as in :func:`overlay`.
 
     Returns
     -------
@@ -381,24 +704,351 @@ def focus(
     ------
     InputError
         For a frame that is not uint8 (H, W, 3), a map that is not 2-D, a region outside the
-        frame, or a negative sigma.
+        frame, a sigma out of range, or a bad ``clip``, ``vrange`` or ``signed``.
     """
     frame = _frame(frame)
     m = _map2d(saliency)
-    height, width = frame.shape[:2]
-    if blur_sigma is None:
-        blur_sigma = max(1.0, min(height, width) / 32.0)
-    if not float(blur_sigma) > 0:
-        raise InputError(f"blur_sigma must be > 0, got {blur_sigma}")
-    if float(smooth_sigma) < 0:
-        raise InputError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
-    weights = resize_to_frame(normalize(m, clip=clip), frame.shape, region)
-    if smooth_sigma > 0:
-        weights = cv2.GaussianBlur(weights, (0, 0), float(smooth_sigma))
-    blurred = cv2.GaussianBlur(frame, (0, 0), float(blur_sigma)).astype(np.float32)
-    sharp = frame.astype(np.float32)
-    out = blurred + weights[..., None] * (sharp - blurred)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    region = _region(region, frame.shape[0], frame.shape[1])
+    vrange = _vrange(vrange)
+    signed = _signed(signed, m, vrange)
+    u, _ = _unit_map(m, signed, clip, vrange)
+    return _focus(frame, _focus_weights(u, signed), region, blur_sigma, smooth_sigma)
+
+
+# --------------------------------------------------------------------------- text, legends, gauges
+
+#: One-pixel shifts that draw a text's dark outline (a thicker stroke would also widen the
+#: Hershey glyph advance, and the outline would drift off the text).
+_OUTLINE = ((-1, -1), (-1, 1), (1, -1), (1, 1), (0, -1), (0, 1), (-1, 0), (1, 0))
+
+
+def _put_text(img: np.ndarray, text: str, org: tuple[int, int], font_scale: float, thickness: int, colour=_LABEL_COLOUR) -> None:
+    """``cv2.putText`` in ``colour`` over a black one-pixel outline; ``org`` is the baseline's left end."""
+    x, y = int(org[0]), int(org[1])
+    for dx, dy in _OUTLINE:
+        cv2.putText(img, text, (x + dx, y + dy), _FONT, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    cv2.putText(img, text, (x, y), _FONT, font_scale, tuple(int(c) for c in colour), thickness, cv2.LINE_AA)
+
+
+class _Metrics:
+    """Sizes of the legend strip's parts for a strip ``width`` pixels wide (the picture's width).
+
+    The font grows with the picture: ``width / 768`` (0.5 for CarRacing's 96 px frames shown
+    x4 = 384 px; digits ~11 px tall), at least 0.35 (digits 7 px, about the least legible),
+    at most 1.5. Everything else is in proportion to the text height.
+    """
+
+    def __init__(self, width: int):
+        self.font = float(np.clip(width / 768.0, 0.35, 1.5))
+        self.thick = 1 if self.font < 0.8 else 2
+        (_, self.text_h), self.base = cv2.getTextSize("0", _FONT, self.font, self.thick)
+        self.pad = max(2, round(0.35 * self.text_h))
+        self.margin = max(3, round(0.6 * self.text_h))
+        self.bar_h = max(4, round(0.9 * self.text_h))
+        self.tick_h = max(2, round(0.35 * self.text_h))
+        self.tri_h = max(4, round(0.8 * self.text_h))
+        self.line = 1 if self.text_h < 16 else 2
+
+    def text_size(self, text: str) -> int:
+        return cv2.getTextSize(text, _FONT, self.font, self.thick)[0][0]
+
+    @staticmethod
+    def even(height: int) -> int:  # even heights keep the picture's parity (H.264 yuv420p needs even sizes)
+        return height + (height % 2)
+
+    def colorbar_height(self) -> int:
+        text = self.text_h + self.base + 1
+        return self.even(self.pad + self.bar_h + self.tick_h + self.pad // 2 + text + self.pad)
+
+    def gauge_height(self) -> int:
+        text = self.text_h + self.base + 1
+        return self.even(self.pad + 2 * self.tri_h + self.line + self.pad + text + self.pad)
+
+
+def _fmt(value: float, signed: bool) -> str:
+    """A tick label: 3 significant digits, "0" for zero, "+" on positive values of a signed scale."""
+    if value == 0:
+        return "0"
+    text = f"{value:.3g}"
+    return f"+{text}" if signed and value > 0 else text
+
+
+def _width(width, what: str = "width") -> int:
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise InputError(f"{what} must be an integer >= 1, got {width!r}")
+    return int(width)
+
+
+def _units(units) -> str:
+    if units is None:
+        return ""
+    if not isinstance(units, str):
+        raise InputError(f"units must be a string such as 'rad' or 'relative', got {type(units).__name__}")
+    return units
+
+
+def _colorbar(width: int, lo: float, hi: float, signed: bool, colours: np.ndarray, units: str) -> np.ndarray:
+    """The colour bar strip; ``colours`` (256, 3) RGB, low -> high; validated inputs.
+
+    Cached (read-only results): with a fixed range every frame of a video has the same strip.
+    """
+    return _colorbar_cached(width, float(lo), float(hi), bool(signed), np.ascontiguousarray(colours, np.uint8).tobytes(), units)
+
+
+@functools.lru_cache(maxsize=32)
+def _colorbar_cached(width: int, lo: float, hi: float, signed: bool, colour_bytes: bytes, units: str) -> np.ndarray:
+    colours = np.frombuffer(colour_bytes, np.uint8).reshape(256, 3)
+    mt = _Metrics(width)
+    out = np.zeros((mt.colorbar_height(), width, 3), np.uint8)
+    units_w = mt.text_size(units) if units else 0
+    x0 = mt.margin
+    x1 = width - mt.margin - (units_w + mt.margin if units else 0)  # end-exclusive
+    if x1 - x0 < max(8, width // 3):  # too narrow for units beside the bar: drop them
+        units, x1 = "", width - mt.margin
+    if x1 - x0 < 2:
+        x0, x1 = 0, width
+    n = x1 - x0
+    y0 = mt.pad
+    y1 = y0 + mt.bar_h
+    levels = np.rint(np.arange(n) * (255.0 / max(n - 1, 1))).astype(np.intp)
+    out[y0:y1, x0:x1] = colours[levels][None]
+    if units:
+        _put_text(out, units, (x1 + mt.margin, y0 + (mt.bar_h + mt.text_h) // 2), mt.font, mt.thick)
+
+    def x_of(value: float) -> int:
+        return x0 + int(round((value - lo) / (hi - lo) * (n - 1))) if hi > lo else x0
+
+    if signed:
+        marks, labelled = (lo, lo / 2, 0.0, hi / 2, hi), (lo, 0.0, hi)
+    else:
+        mid = lo + (hi - lo) / 2
+        marks, labelled = (lo, mid, hi), (lo, mid, hi)
+    for value in marks:
+        x = x_of(value)
+        cv2.line(out, (x, y1), (x, y1 + mt.tick_h - 1), _LABEL_COLOUR, 1)
+    base_y = y1 + mt.tick_h + mt.pad // 2 + mt.text_h
+    boxes = []
+    for value in labelled:
+        text = _fmt(value, signed)
+        w = mt.text_size(text)
+        left = min(max(x_of(value) - w // 2, 0), max(width - w, 0))
+        boxes.append((left, left + w, text))
+    # a middle label that would touch an end label is left out (narrow pictures)
+    if len(boxes) == 3 and (boxes[1][0] < boxes[0][1] + 4 or boxes[1][1] + 4 > boxes[2][0]):
+        boxes.pop(1)
+    for left, _right, text in boxes:
+        _put_text(out, text, (left, base_y), mt.font, mt.thick)
+    out.setflags(write=False)
+    return out
+
+
+def colorbar(
+    width: int,
+    vrange: tuple[float, float],
+    *,
+    colormap: Colormap | None = "auto",
+    units: str | None = None,
+    signed: bool | None = None,
+) -> np.ndarray:
+    """A horizontal colour bar with tick values and units, as a strip to put under a picture.
+
+    The bar runs from the left margin to the units text (or the right margin): column ``j`` of
+    its ``n`` columns has colour ``rint(j * 255 / (n - 1))`` of the colour map, i.e. the colour
+    of value ``lo + j / (n - 1) * (hi - lo)``. Tick marks below it; labels (3 significant
+    digits) under the ends and the middle: ``-a``, ``0``, ``+a`` on a signed scale (minor
+    marks at ``+-a/2``), ``lo``, ``(lo + hi) / 2``, ``hi`` otherwise. White text with a black
+    outline on black; the font scales with ``width`` (``width / 768``, at least 0.35). The
+    strip's height is even.
+
+    Parameters
+    ----------
+    width : int
+        Strip width in pixels, >= 1 (the picture's width).
+    vrange : (float, float)
+        The values the colours span, ``lo < hi`` in the map's units, e.g. from
+        :func:`value_range`; a signed scale shows ``(-a, a)``, ``a = max(|lo|, |hi|)``.
+        ``lo == hi`` (a constant map) is allowed and labelled as is.
+    colormap : str, int, numpy.ndarray or None
+        ``"auto"`` (default): ``"rdbu_r"`` on a signed scale, ``"inferno"`` otherwise; ``None``:
+        grey levels (the focus layout's weights); else see :func:`heatmap`.
+    units : str, optional
+        Text after the bar, e.g. ``"rad"`` (occlusion deltas of a steering model) or
+        ``"relative"`` ([0, 1] maps). Left out when the strip is too narrow for it.
+    signed : bool, optional
+        ``None`` (default): signed if ``lo < 0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (h, width, 3), RGB, ``h`` about 3.3 text heights (46 px at width 384).
+
+    Raises
+    ------
+    InputError
+        For a bad width, range, units or ``signed``.
+    UnknownNameError
+        For an unknown colour map.
+    """
+    width = _width(width)
+    try:
+        lo, hi = (float(v) for v in vrange)
+    except (TypeError, ValueError):
+        raise InputError(f"vrange must be a pair of numbers (lo, hi), got {vrange!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise InputError(f"vrange must be finite with lo <= hi, got {(lo, hi)}")
+    signed = _signed(signed, np.array([lo], np.float32), None)
+    if signed:
+        a = max(abs(lo), abs(hi))
+        lo, hi = -a, a
+    if colormap is None:
+        colours = _grey_lut()
+    else:
+        colours = lut(_auto_colormap(colormap, signed))
+    return _colorbar(width, lo, hi, signed, colours, _units(units)).copy()
+
+
+def _grey_lut() -> np.ndarray:
+    """The grey ramp as a (256, 3) uint8 LUT: entry ``k`` is ``(k, k, k)``."""
+    return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+
+
+def _steering(value, what: str, allow_unknown: bool) -> float | None:
+    if value is None and allow_unknown:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} steering must be a number (radians), got {value!r}") from None
+    if math.isnan(v) and allow_unknown:
+        return None
+    if not math.isfinite(v):
+        raise InputError(f"{what} steering must be finite (radians), got {v}")
+    return v
+
+
+def _gauge_limit(limit) -> float:
+    try:
+        limit = float(limit)
+    except (TypeError, ValueError):
+        raise InputError(f"gauge limit must be a positive number of radians, got {limit!r}") from None
+    if not (math.isfinite(limit) and limit > 0):
+        raise InputError(f"gauge limit must be a positive number of radians, got {limit}")
+    return limit
+
+
+def _gauge(width: int, predicted: float, recorded: float | None, limit: float, labels: bool) -> np.ndarray:
+    mt = _Metrics(width)
+    out = np.zeros((mt.gauge_height(), width, 3), np.uint8)
+    half_base = max(2, round(0.6 * mt.tri_h))
+    x0, x1 = mt.margin + half_base, width - 1 - mt.margin - half_base
+    if x1 - x0 < 4:
+        x0, x1 = 0, width - 1
+    centre, half = (x0 + x1) / 2.0, (x1 - x0) / 2.0
+    track = mt.pad + mt.tri_h  # first row of the track line
+
+    def x_of(angle: float) -> int:
+        return int(round(centre + float(np.clip(angle / limit, -1.0, 1.0)) * half))
+
+    cv2.rectangle(out, (x0, track), (x1, track + mt.line - 1), _TRACK_COLOUR, -1)
+    for frac in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        x = x_of(frac * limit)
+        reach = mt.tri_h if frac == 0 else mt.tri_h // 2  # the zero mark is longer
+        cv2.line(out, (x, track - reach), (x, track + mt.line - 1 + reach), _TRACK_COLOUR, 1)
+    # predicted: a triangle above the track pointing down at it; recorded: below, pointing up
+    xp = x_of(predicted)
+    tri = np.array([[xp - half_base, track - mt.tri_h], [xp + half_base, track - mt.tri_h], [xp, track - 1]], np.int32)
+    cv2.fillConvexPoly(out, tri, PREDICTED_COLOUR, cv2.LINE_8)
+    if recorded is not None:
+        xr = x_of(recorded)
+        below = track + mt.line
+        tri = np.array([[xr - half_base, below + mt.tri_h], [xr + half_base, below + mt.tri_h], [xr, below]], np.int32)
+        cv2.fillConvexPoly(out, tri, RECORDED_COLOUR, cv2.LINE_8)
+    if labels:
+        base_y = track + mt.line + mt.tri_h + mt.pad + mt.text_h
+        end = f"{math.degrees(limit):.0f}"
+        pred, rec = f"{math.degrees(predicted):+.1f}", None if recorded is None else f"{math.degrees(recorded):+.1f}"
+        # the longest wording that fits: names and unit, then the coloured numbers alone
+        for named in (True, False):
+            parts = [(f"pred {pred}" if named else pred, PREDICTED_COLOUR)]
+            if rec is not None:
+                parts.append((f"  rec {rec}" if named else f" {rec}", RECORDED_COLOUR))
+            if named:
+                parts.append((" deg", _LABEL_COLOUR))
+            widths = [mt.text_size(text) for text, _ in parts]
+            if sum(widths) <= width - 2 * mt.margin:
+                break
+        left_text, right_text = f"L -{end}", f"+{end} R"
+        lw, rw = mt.text_size(left_text), mt.text_size(right_text)
+        start = max(0, (width - sum(widths)) // 2)
+        if start >= lw + mt.margin + 4 and start + sum(widths) + 4 <= width - rw - mt.margin:
+            _put_text(out, left_text, (mt.margin, base_y), mt.font, mt.thick, _TRACK_COLOUR)
+            _put_text(out, right_text, (width - mt.margin - rw, base_y), mt.font, mt.thick, _TRACK_COLOUR)
+        for (text, colour), w in zip(parts, widths):
+            _put_text(out, text, (start, base_y), mt.font, mt.thick, colour)
+            start += w
+    return out
+
+
+def steering_gauge(
+    width: int,
+    predicted: float,
+    recorded: float | None = None,
+    *,
+    limit: float = GAUGE_LIMIT,
+    labels: bool = True,
+) -> np.ndarray:
+    """A horizontal steering dial, as a strip to put under a picture.
+
+    A grey track from ``-limit`` (left end) to ``+limit`` (right end), marks at ``+-limit``,
+    ``+-limit / 2`` and a longer one at 0 (straight ahead). The predicted angle is a
+    :data:`PREDICTED_COLOUR` (orange) triangle above the track pointing down at it, the
+    recorded angle a :data:`RECORDED_COLOUR` (sky blue) triangle below it pointing up; a
+    triangle sits at ``centre + clip(angle / limit, -1, 1) * half_track`` (angles beyond the
+    limit stay at the end, their text gives the true value). Positive = right, as in the drive
+    logs. With ``labels``, a line of text in degrees below: ``L -23`` and ``+23 R`` at the ends
+    (left out when there is no room) and ``pred +12.3  rec +10.1 deg`` in the needles' colours.
+
+    Parameters
+    ----------
+    width : int
+        Strip width in pixels, >= 1 (the picture's width).
+    predicted : float
+        The model's steering output, radians (PilotNet's output unit), finite.
+    recorded : float, optional
+        The steering recorded in the drive log, radians; ``None`` or NaN = unknown: only the
+        predicted needle and text are drawn.
+    limit : float
+        Radians at the ends of the track, > 0; default :data:`GAUGE_LIMIT` (0.4 rad, ~23 deg,
+        CarRacing-v3's steering limit).
+    labels : bool
+        Draw the text line (the strip keeps its height either way).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (h, width, 3), RGB, black background, ``h`` even (54 px at width 384).
+
+    Raises
+    ------
+    InputError
+        For a bad width or limit, a non-finite ``predicted``, or an infinite ``recorded``.
+    """
+    width = _width(width)
+    predicted = _steering(predicted, "predicted", allow_unknown=False)
+    recorded = _steering(recorded, "recorded", allow_unknown=True)
+    return _gauge(width, predicted, recorded, _gauge_limit(limit), bool(labels))
+
+
+def _gauge_values(gauge) -> tuple[float, float | None] | None:
+    if gauge is None:
+        return None
+    if isinstance(gauge, (tuple, list)) or (isinstance(gauge, np.ndarray) and gauge.ndim == 1):
+        if len(gauge) != 2:
+            raise InputError(f"gauge must be a predicted angle or a (predicted, recorded) pair in radians, got {gauge!r}")
+        predicted, recorded = gauge
+    else:
+        predicted, recorded = gauge, None
+    return _steering(predicted, "predicted", False), _steering(recorded, "recorded", True)
 
 
 def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | None = None) -> np.ndarray:
@@ -412,7 +1062,7 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
         factors (pixels stay crisp), bilinear otherwise.
     labels : sequence of str or None, optional
         One text per panel (``None`` or ``""``: no text), drawn at the panel's top-left corner
-        with ``cv2.putText`` (white with a black outline).
+        with ``cv2.putText`` (white with a black outline), font scale ``max(0.35, H / 400)``.
 
     Returns
     -------
@@ -445,13 +1095,8 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
         thickness = max(1, int(round(font_scale * 1.5)))
         for p, text in zip(resized, labels):
             if text:
-                (_, text_h), _ = cv2.getTextSize(str(text), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-                org = (3, 3 + text_h)
-                # outline: the same text shifted by one pixel (a thicker stroke would also widen
-                # the Hershey glyph advance, and the outline would drift off the text)
-                for dx, dy in ((-1, -1), (-1, 1), (1, -1), (1, 1), (0, -1), (0, 1), (-1, 0), (1, 0)):
-                    cv2.putText(p, str(text), (org[0] + dx, org[1] + dy), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
-                cv2.putText(p, str(text), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
+                (_, text_h), _ = cv2.getTextSize(str(text), _FONT, font_scale, thickness)
+                _put_text(p, str(text), (3, 3 + text_h), font_scale, thickness)
     return np.ascontiguousarray(np.concatenate(resized, axis=1))
 
 
@@ -463,24 +1108,41 @@ def render(
     region: Region | None = None,
     scale: int = 1,
     alpha: float = 0.5,
-    colormap: str | int = "jet",
+    colormap: Colormap | None = None,
     clip: tuple[float, float] | None = None,
     blur_sigma: float | None = None,
     smooth_sigma: float = 0.0,
     labels: bool | Sequence[str | None] = True,
+    signed: bool | None = None,
+    vrange: tuple[float, float] | None = None,
+    opacity: str = "auto",
+    legend: bool = False,
+    units: str | None = None,
+    gauge: float | tuple[float, float | None] | None = None,
+    gauge_limit: float = GAUGE_LIMIT,
 ) -> np.ndarray:
-    """Render one frame and its saliency map for display.
+    """Render one frame and its saliency map for display, optionally with a legend and a gauge.
 
     The frame is first enlarged by ``scale`` (nearest neighbour, see :func:`upscale`; small
     frames such as CarRacing's 96 x 96 need it), then the map is placed into the scaled
-    ``region`` with bilinear interpolation, so the saliency is smooth over crisp pixels.
+    ``region`` with bilinear interpolation, so the saliency is smooth over crisp pixels. The
+    colour scale (signed or not, its value range) is decided once per call as described in the
+    module docstring, and the same scale colours the overlay, the heatmap panel and the legend.
+
+    With ``legend`` or ``gauge`` a black strip is added *below* the picture (nothing of the
+    picture is covered: the model's view and, on CarRacing, the game's own dashboard stay
+    visible, and the text stays legible on any frame). ``"overlay"`` / ``"focus"``: the colour
+    bar (:func:`colorbar`) above the gauge (:func:`steering_gauge`), each as wide as the
+    picture. ``"side-by-side"``: one row, the colour bar under the heatmap panel, the gauge
+    under the frame panel. In ``"focus"`` the bar is a grey ramp of the sharpness weight (from
+    0 to ``max|v|`` for a signed map).
 
     Parameters
     ----------
     frame : numpy.ndarray
         uint8, shape (H, W, 3), RGB, as recorded.
     saliency : numpy.ndarray or torch.Tensor, shape (h, w)
-        Raw map for this frame, typically at the model's input resolution.
+        Raw map for this frame, typically at the model's input resolution, in the method's units.
     layout : {"overlay", "focus", "side-by-side"}
         ``"overlay"``: :func:`overlay`. ``"focus"``: :func:`focus`. ``"side-by-side"``:
         ``[frame | overlay | heatmap]`` (:func:`side_by_side`), the heatmap panel black outside
@@ -490,52 +1152,109 @@ def render(
         default the whole frame.
     scale : int
         Integer display enlargement, >= 1.
-    alpha, colormap, clip
-        See :func:`overlay` (``colormap`` and ``clip`` also apply to the heatmap panel, ``clip``
-        to the focus weights).
+    alpha, colormap, clip, signed, vrange, opacity
+        See :func:`overlay` (``colormap`` and the range also apply to the heatmap panel and the
+        legend, the range to the focus weights). ``colormap=None`` / ``"auto"`` (default) picks
+        ``"rdbu_r"`` for signed maps and ``"inferno"`` otherwise. ``vrange=None`` (default):
+        each frame's own range (the legend's numbers change with the frame); a fixed ``(lo,
+        hi)`` keeps one scale over a video (see :func:`value_range`).
     blur_sigma, smooth_sigma
         See :func:`focus` (in output pixels, i.e. after scaling).
     labels : bool or sequence of 3 str
         Side-by-side only: ``True`` labels the panels "frame", "overlay", "saliency"; ``False``
         draws none; or give three texts.
+    legend : bool
+        Add the colour bar strip (default ``False``: the picture alone, as before).
+    units : str, optional
+        The map's units, written after the colour bar's numbers: ``"rad"`` for occlusion deltas
+        of a steering model, ``"relative"`` for [0, 1] maps (VisualBackProp, back-projection).
+    gauge : float or (float, float or None), optional
+        Steering to show on a :func:`steering_gauge`: the predicted angle, or ``(predicted,
+        recorded)``, in radians (positive = right; shown in degrees). ``recorded`` ``None`` or
+        NaN = unknown: only the predicted needle is drawn. Default: no gauge.
+    gauge_limit : float
+        Radians at the gauge's ends, > 0 (default :data:`GAUGE_LIMIT`, 0.4 rad).
 
     Returns
     -------
     numpy.ndarray
-        uint8 RGB, shape ``(H * scale, W * scale, 3)`` for "overlay" and "focus",
-        ``(H * scale, 3 * W * scale, 3)`` for "side-by-side".
+        uint8 RGB, shape ``(H * scale + S, W * scale, 3)`` for "overlay" and "focus",
+        ``(H * scale + S, 3 * W * scale, 3)`` for "side-by-side", where ``S`` is the strip's
+        height: 0 without legend and gauge; otherwise even, and the same for every frame of a
+        given size (colour bar 46 px and gauge 54 px under a 384 px wide picture).
 
     Raises
     ------
     InputError
-        For bad frames, maps, regions or options (see the functions above).
+        For bad frames, maps, regions, options or gauge values (see the functions above).
     UnknownNameError
-        For an unknown layout or colormap.
+        For an unknown layout, colour map or opacity.
+
+    Examples
+    --------
+    >>> frame = np.zeros((96, 96, 3), np.uint8)
+    >>> delta = np.random.default_rng(0).normal(size=(66, 200)).astype(np.float32)
+    >>> picture = render(frame, delta, region=(0, 84, 0, 96), scale=4, signed=True, vrange=(-0.05, 0.05),
+    ...                  legend=True, units="rad", gauge=(0.1, float("nan")))
+    >>> picture.shape
+    (484, 384, 3)
     """
     if layout not in LAYOUTS:
         raise UnknownNameError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
     frame = _frame(frame)
     m = _map2d(saliency)
     scale = _scale(scale)
+    alpha = _unit_interval(alpha, "alpha")
     y0, y1, x0, x1 = _region(region, frame.shape[0], frame.shape[1])
+    vrange = _vrange(vrange)
+    signed = _signed(signed, m, vrange)
+    code = _auto_colormap(colormap, signed)
+    mode = _opacity(opacity, signed)
+    units = _units(units)
+    steering = _gauge_values(gauge)
+    limit = _gauge_limit(gauge_limit)
+    u, (lo, hi) = _unit_map(m, signed, clip, vrange)
+
     big = upscale(frame, scale)
     big_region = (y0 * scale, y1 * scale, x0 * scale, x1 * scale)
+    width = big.shape[1]
     if layout == "overlay":
-        return overlay(big, m, alpha=alpha, colormap=colormap, region=big_region, clip=clip)
-    if layout == "focus":
-        return focus(big, m, blur_sigma=blur_sigma, smooth_sigma=smooth_sigma, region=big_region, clip=clip)
-    blended = overlay(big, m, alpha=alpha, colormap=colormap, region=big_region, clip=clip)
-    heat = np.zeros_like(big)
-    placed = resize_to_frame(normalize(m, clip=clip), big.shape, big_region)
-    sy0, sy1, sx0, sx1 = big_region
-    heat[sy0:sy1, sx0:sx1] = heatmap(placed[sy0:sy1, sx0:sx1], colormap)
-    if labels is True:
-        names: Sequence[str | None] | None = ("frame", "overlay", "saliency")
-    elif labels is False or labels is None:
-        names = None
+        picture = _blend(big, u, signed, big_region, alpha, code, mode)
+    elif layout == "focus":
+        picture = _focus(big, _focus_weights(u, signed), big_region, blur_sigma, smooth_sigma)
     else:
-        names = labels
-    return side_by_side([big, blended, heat], names)
+        blended = _blend(big, u, signed, big_region, alpha, code, mode)
+        heat = np.zeros_like(big)
+        sy0, sy1, sx0, sx1 = big_region
+        placed = resize_to_frame(u, big.shape, big_region)[sy0:sy1, sx0:sx1]
+        heat[sy0:sy1, sx0:sx1] = heatmap(0.5 + 0.5 * placed if signed else placed, code)
+        if labels is True:
+            names: Sequence[str | None] | None = ("frame", "overlay", "saliency")
+        elif labels is False or labels is None:
+            names = None
+        else:
+            names = labels
+        picture = side_by_side([big, blended, heat], names)
+    if not legend and steering is None:
+        return picture
+
+    rows = []
+    if legend:
+        if layout == "focus":
+            wl, wh = (0.0, hi) if signed else (lo, hi)
+            rows.append(_colorbar(width, wl, wh, False, _grey_lut(), units))
+        else:
+            rows.append(_colorbar(width, lo, hi, signed, lut(code), units))
+    if steering is not None:
+        rows.append(_gauge(width, steering[0], steering[1], limit, True))
+    if layout != "side-by-side":
+        return np.ascontiguousarray(np.concatenate([picture, *rows], axis=0))
+    strip = np.zeros((max(r.shape[0] for r in rows), picture.shape[1], 3), np.uint8)
+    if legend:
+        strip[: rows[0].shape[0], 2 * width : 3 * width] = rows[0]  # under the heatmap panel
+    if steering is not None:
+        strip[: rows[-1].shape[0], :width] = rows[-1]  # under the frame panel
+    return np.ascontiguousarray(np.concatenate([picture, strip], axis=0))
 
 
 # --------------------------------------------------------------------------- grids and crops

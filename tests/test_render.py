@@ -59,6 +59,43 @@ def test_normalize_signed_keeps_zero_at_half():
     np.testing.assert_array_equal(render.normalize(np.zeros((2, 2)), signed=True), np.full((2, 2), 0.5))
 
 
+def test_normalize_signed_clip_is_symmetric():
+    # percentiles of 0..100 shifted by -80: the 10th is -70, the 90th +10 -> a = 70, clip to [-70, 70]
+    m = (np.arange(101, dtype=np.float32) - 80.0).reshape(1, 101)
+    out = render.normalize(m, signed=True, clip=(10, 90))
+    np.testing.assert_allclose(out[0, 80], 0.5)  # value 0
+    np.testing.assert_allclose(out[0, 10], 0.0)  # -70 -> the low end
+    np.testing.assert_allclose(out[0, 0], 0.0)  # -80, beyond -70: clipped
+    np.testing.assert_allclose(out[0, 100], 0.5 + 0.5 * 20 / 70, rtol=1e-6)  # +20 is inside [-70, 70]: kept
+    np.testing.assert_allclose(out[0, 45], 0.25)  # -35 = -a / 2
+
+
+def test_normalize_auto_sign_and_fixed_range():
+    m = np.array([[-1.0, 0.0, 3.0]])
+    np.testing.assert_allclose(render.normalize(m, signed=None), [[1 / 3, 0.5, 1.0]])  # negative value: signed
+    np.testing.assert_allclose(render.normalize(m + 1.0, signed=None), [[0.0, 0.25, 1.0]])  # none: min-max
+    # a fixed range: the same value gets the same level in both maps; values beyond it saturate
+    a = render.normalize(np.array([[0.0, 1.0]]), vrange=(0.0, 4.0))
+    b = render.normalize(np.array([[1.0, 9.0]]), vrange=(0.0, 4.0))
+    np.testing.assert_allclose(a, [[0.0, 0.25]])
+    np.testing.assert_allclose(b, [[0.25, 1.0]])
+    np.testing.assert_allclose(render.normalize(np.array([[-1.0, 2.0]]), signed=None, vrange=(-4.0, 2.0)), [[0.375, 0.75]])
+    with pytest.raises(InputError, match="vrange"):
+        render.normalize(m, vrange=(1.0, 1.0))
+    with pytest.raises(InputError, match="vrange"):
+        render.normalize(m, vrange=(0.0, float("nan")))
+
+
+def test_value_range_over_a_batch():
+    batch = np.array([[[-0.2, 0.0], [0.05, 0.1]], [[0.0, 0.3], [0.1, 0.0]]], np.float32)
+    lo, hi = render.value_range(batch)
+    assert (lo, hi) == pytest.approx((-0.3, 0.3))  # signed: symmetric about 0, over both maps
+    assert render.value_range(np.abs(batch)) == pytest.approx((0.0, 0.3))
+    assert render.value_range(np.arange(101.0), clip=(10, 90)) == pytest.approx((10.0, 90.0))
+    assert render.value_range(np.arange(101.0) - 80.0, clip=(10, 90)) == pytest.approx((-70.0, 70.0))
+    assert render.value_range(torch.tensor([1.0, 2.0]), signed=True) == pytest.approx((-2.0, 2.0))
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -275,7 +312,8 @@ def test_render_side_by_side_panels():
     np.testing.assert_array_equal(out[:, :30], frame)
     np.testing.assert_array_equal(out[:, 30:60], render.overlay(frame, m, region=(0, 10, 0, 30)))
     assert not out[10:, 60:].any()  # heatmap panel is black outside the region
-    np.testing.assert_array_equal(out[:10, 60:], render.heatmap(render.normalize(m)))
+    # a non-negative map: min-max scaled, coloured with the sequential default (inferno)
+    np.testing.assert_array_equal(out[:10, 60:], render.heatmap(render.normalize(m), "inferno"))
 
 
 def test_render_errors():
