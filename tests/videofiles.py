@@ -30,3 +30,22 @@ def decode_all(path: Path) -> np.ndarray:
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     cap.release()
     return np.stack(frames) if frames else np.zeros((0,), np.uint8)
+
+
+def mp4_top_level_boxes(path: Path) -> list[str]:
+    """The types of an MP4 file's top-level boxes, in file order (ISO/IEC 14496-12 §4.2: a 32-bit
+    big-endian size, a 4-character type; size 1: a 64-bit size follows; size 0: to the end)."""
+    data = Path(path).read_bytes()
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[pos + 8 : pos + 16], "big")
+        elif size == 0:
+            size = len(data) - pos
+        if size < 8:
+            raise ValueError(f"{path}: bad box size {size} at byte {pos}")
+        boxes.append(kind)
+        pos += size
+    return boxes
