@@ -148,20 +148,32 @@ def parse_budget(budget: str | int | float | None, device: torch.device | str = 
 
 
 _FOOTPRINTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+#: Guards ``_FOOTPRINTS`` (models are added from several threads; a probe runs outside it).
+_FOOTPRINTS_LOCK = threading.Lock()
+#: One lock per CUDA device around the footprint probe: the peak-memory statistics it resets
+#: and reads are per device, so two threads probing at once would corrupt each other's peak.
+_CUDA_PROBE_LOCKS: dict[str, threading.Lock] = {}
 
 
 def row_footprint(model: nn.Module, row: torch.Tensor) -> int:
     """:func:`measure_row_footprint`, remembered per model and input signature (shape, dtype,
     device, memory format, and the model's module structure): the need does not depend on the
-    weights, and repeated calls (a video, a dataset) skip the probe pass."""
+    weights, and repeated calls (a video, a dataset) skip the probe pass.
+
+    Thread-safe: the cache is shared by all threads (a model's entries are made by the thread
+    holding its lock, see :func:`fastviz.hooks.model_lock`)."""
     key = (
         tuple(row.shape), row.dtype, str(row.device), row.is_contiguous(memory_format=torch.channels_last),
         tuple(id(m) for m in model.modules()),
     )
-    cache = _FOOTPRINTS.setdefault(model, {})
-    if key not in cache:
-        cache[key] = measure_row_footprint(model, row)
-    return cache[key]
+    with _FOOTPRINTS_LOCK:
+        cache = _FOOTPRINTS.setdefault(model, {})
+        known = cache.get(key)
+    if known is None:
+        known = measure_row_footprint(model, row)
+        with _FOOTPRINTS_LOCK:
+            cache[key] = known
+    return known
 
 
 def measure_row_footprint(model: nn.Module, row: torch.Tensor) -> int:
@@ -172,15 +184,23 @@ def measure_row_footprint(model: nn.Module, row: torch.Tensor) -> int:
     row plus every leaf module's output, seen by forward hooks — an upper bound, since a
     no-grad pass frees each activation once the next layer has consumed it.
     ``row`` is ``(1, C, H, W)``.
+
+    On a GPU, probes from several threads take turns (one lock per device), so no probe resets
+    another's peak statistics; other work on the device meanwhile (another thread's chunks)
+    still shifts the device-wide peak, and a need measured too low shows as an out-of-memory
+    that :func:`run_chunks` answers by halving the chunk.
     """
     if row.is_cuda:
-        torch.cuda.synchronize(row.device)
-        before = torch.cuda.memory_allocated(row.device)
-        torch.cuda.reset_peak_memory_stats(row.device)
-        with torch.no_grad():
-            model(row)
-        torch.cuda.synchronize(row.device)
-        return int(torch.cuda.max_memory_allocated(row.device) - before + row.numel() * row.element_size())
+        with _FOOTPRINTS_LOCK:
+            lock = _CUDA_PROBE_LOCKS.setdefault(str(row.device), threading.Lock())
+        with lock:
+            torch.cuda.synchronize(row.device)
+            before = torch.cuda.memory_allocated(row.device)
+            torch.cuda.reset_peak_memory_stats(row.device)
+            with torch.no_grad():
+                model(row)
+            torch.cuda.synchronize(row.device)
+            return int(torch.cuda.max_memory_allocated(row.device) - before + row.numel() * row.element_size())
     total = row.numel() * row.element_size()
 
     def add(_module, _args, output) -> None:

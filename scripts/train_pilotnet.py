@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no drive log in {a.logs} for seeds {missing}" if missing else f"no training logs in {a.logs}")
     log.info("train seeds %s, validation seeds %s", train_seeds, val_seeds)
 
-    transform = FramePreprocess(size=PilotNet.input_size, crop=CROP)
+    transform = FramePreprocess(size=PilotNet.input_size, crop=CROP, frame_size=(96, 96))  # CarRacing-v3 renders 96 x 96
     train = load_logs(a.logs, train_seeds, transform)
     val = load_logs(a.logs, val_seeds, transform)
     x_train = torch.cat([train[s][0] for s in train_seeds])

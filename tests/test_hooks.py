@@ -66,3 +66,64 @@ def test_model_guard_restores_buffers_and_reports_changes():
 def test_check_input(x, match):
     with pytest.raises(InputError, match=match):
         check_input(small_convnet(), x)
+
+
+def test_model_guard_holds_the_models_reentrant_lock():
+    import gc
+    import threading
+    import weakref
+
+    from fastviz import hooks
+
+    net = small_convnet()
+    other = small_convnet(seed=1)
+    lock = hooks.model_lock(net)
+    taken: list[bool] = []
+
+    def try_from_another_thread(module):
+        t = threading.Thread(target=lambda: taken.append(_try_acquire(hooks.model_lock(module))))
+        t.start()
+        t.join()
+
+    with model_guard(net):
+        assert _try_acquire(lock)  # re-entrant: the holding thread may take it again
+        with model_guard(net):  # nested use in one thread works
+            pass
+        try_from_another_thread(net)  # another thread cannot take it
+        try_from_another_thread(other)  # another model's lock is free
+    try_from_another_thread(net)  # released on exit
+    assert taken == [False, True, True]
+    with pytest.raises(RuntimeError, match="changed the model"):
+        with model_guard(net):
+            net.train(not net.training)
+    try_from_another_thread(net)  # released also when the block raises
+    assert taken[-1] is True
+    # one lock per model object, dropped with the model
+    count = len(hooks._LOCKS)
+    alive = weakref.ref(net)
+    del net, lock
+    gc.collect()
+    assert alive() is None
+    assert len(hooks._LOCKS) <= count - 1  # other tests' models may go in the same collection
+
+
+def _try_acquire(lock) -> bool:
+    if lock.acquire(blocking=False):
+        lock.release()
+        return True
+    return False
+
+
+def test_a_lazy_model_not_yet_run_may_materialise_inside_the_guard():
+    import fastviz as fv
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(1)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    maps = fv.occlusion(net, x, windows=(4,), stride=2)  # its first forward pass materialises the head
+    assert type(net[2]) is nn.Linear and net[2].in_features == 2 * 6 * 6
+    assert not net[2]._forward_pre_hooks  # the initialisation hook went with it, nothing else stayed
+    torch.testing.assert_close(maps, fv.occlusion(net, x, windows=(4,), stride=2), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="changed the model"):  # other hook changes are still caught
+        with model_guard(net):
+            net[0].register_forward_hook(lambda *a: None)

@@ -137,7 +137,7 @@ def test_save_load_round_trip_identical_outputs(tmp_path):
     model = PilotNet(preprocess=FramePreprocess(size=(66, 200), crop=CARRACING_CROP)).eval()
     path = fvm.save(model, tmp_path / "m.safetensors", val_r2="0.5", note="hello")
     assert path == tmp_path / "m.safetensors" and path.is_file()
-    assert not list(tmp_path.glob("*.tmp"))  # temporary file renamed away
+    assert sorted(tmp_path.iterdir()) == [path]  # the temporary was renamed onto it, nothing else left
     loaded = fvm.load(path)
     assert not loaded.training
     assert loaded.transform == model.transform
@@ -151,6 +151,16 @@ def test_save_load_round_trip_identical_outputs(tmp_path):
     assert json.loads(meta["crop"]) == list(CARRACING_CROP)
     assert json.loads(meta["input_size"]) == [66, 200]
     assert meta["val_r2"] == "0.5" and meta["note"] == "hello"
+
+
+def test_save_records_frame_size_and_load_restores_it(tmp_path):
+    torch.manual_seed(0)
+    model = PilotNet(preprocess=FramePreprocess(size=(66, 200), crop=(0.0, 0.875, 0.0, 1.0), frame_size=(96, 96)))
+    path = fvm.save(model, tmp_path / "m.safetensors")
+    assert json.loads(fvm.metadata(path)["frame_size"]) == [96, 96]
+    assert fvm.load(path).transform == model.transform
+    plain = fvm.save(PilotNet(), tmp_path / "plain.safetensors")
+    assert "frame_size" not in fvm.metadata(plain) and fvm.load(plain).transform.frame_size is None
 
 
 def test_saved_file_is_weights_only_safetensors(tmp_path):
@@ -214,6 +224,7 @@ def test_bundled_model_file_and_metadata():
     meta = fvm.metadata("pilotnet-carracing")
     assert meta["architecture"] == "PilotNet"
     assert json.loads(meta["crop"]) == list(CARRACING_CROP)  # never sees the dashboard
+    assert json.loads(meta["frame_size"]) == [96, 96]  # CarRacing's frames: aspect-ratio warnings
     train = {int(s) for s in meta["train_seeds"].split(",")}
     val = {int(s) for s in meta["val_seeds"].split(",")}
     assert train and val and not train & val

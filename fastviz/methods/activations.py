@@ -43,6 +43,7 @@ def hypercolumns(
     model: nn.Module,
     x: torch.Tensor,
     layers: Sequence[nn.Module | str] | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Hypercolumn saliency maps: the product of the layers' normalised mean activations.
 
@@ -69,6 +70,9 @@ def hypercolumns(
         that follows the conv, through normalisation modules, else the conv output). An
         ``nn.Conv2d`` given here also stands for its activated output; any other module for
         its own output, which must be ``(B, C, h, w)``.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the forward pass (default); ``False`` skips that
+        pass over ``x`` for speed.
 
     Returns
     -------
@@ -78,10 +82,17 @@ def hypercolumns(
     Raises
     ------
     InputError
-        For a malformed ``x``, no conv layer in the model, a chosen layer that does not run
-        or whose output is not 4-D.
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass), no conv layer in the model, a chosen layer that does not run or whose output
+        is not 4-D.
     UnknownNameError
         For a layer name not in the model.
+
+    Notes
+    -----
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`); calls on different models run in parallel.
 
     Examples
     --------
@@ -89,7 +100,7 @@ def hypercolumns(
     >>> hypercolumns(net, torch.rand(2, 3, 20, 24)).shape
     torch.Size([2, 20, 24])
     """
-    check_input(model, x)
+    check_input(model, x, finite=check_finite)
     if layers is None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         others: list[nn.Module] = []
@@ -163,9 +174,10 @@ def layers(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     Raises
     ------
     InputError
-        For a malformed ``x``.
+        For a malformed ``x`` (a channel count or size the model does not take: naming the
+        expected and the given shape). NaN or Inf values are allowed: only shapes are listed.
     """
-    check_input(model, x)
+    check_input(model, x, finite=False)
     with model_guard(model):
         order = execution_order(model, x[:1])
     return [LayerInfo(name, type(module).__name__, tuple(out.shape[1:])) for name, module, _inp, out in order]
@@ -198,7 +210,7 @@ def _run_to(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> torch.Tensor
     return out
 
 
-def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module | str) -> torch.Tensor:
+def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module | str, check_finite: bool = True) -> torch.Tensor:
     """One layer's output on ``x``: its feature maps.
 
     The forward pass stops once ``layer`` has run (so the model's head never runs); a layer
@@ -209,9 +221,12 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module | str) -> t
     model : nn.Module
         Left unchanged.
     x : Tensor (B, C, H, W)
-        Float input in the model's input space, on the model's device.
+        Float input in the model's input space, on the model's device. Its size need not fit
+        the layers after ``layer`` (they do not run), so only its form is checked up front.
     layer : nn.Module or str
         A submodule of ``model`` or its dotted name (``"features.3"``).
+    check_finite : bool
+        Check ``x`` for NaN and Inf first (default); ``False`` skips that pass for speed.
 
     Returns
     -------
@@ -221,11 +236,12 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module | str) -> t
     Raises
     ------
     InputError
-        For a malformed ``x``, a layer that does not run or whose output is not 4-D.
+        For a malformed ``x`` (NaN or Inf: naming the frames), a layer that does not run or
+        whose output is not 4-D.
     UnknownNameError
         For a layer name not in the model.
     """
-    check_input(model, x)
+    check_input(model, x, finite=check_finite, shape=False)
     module = find_layer(model, layer)
     with model_guard(model), torch.no_grad():
         out = _run_to(model, x, module)

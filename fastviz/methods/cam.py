@@ -108,8 +108,9 @@ def _store(maps: list[torch.Tensor], m: torch.Tensor, x: torch.Tensor, r0: int, 
     maps[0][r0:r1] = m
 
 
-def _cam(model, x, layer, target, upsample: bool, weigh: Weigher, memory_budget=None, chunk_size=None) -> torch.Tensor:
-    check_input(model, x)
+def _cam(model, x, layer, target, upsample: bool, weigh: Weigher, memory_budget=None, chunk_size=None,
+         check_finite: bool = True) -> torch.Tensor:
+    check_input(model, x, finite=check_finite)
     maps: list[torch.Tensor] = []  # one tensor, allocated once the first chunk gives the map size
     with model_guard(model):
         if layer is None:
@@ -143,6 +144,7 @@ def grad_cam(
     upsample: bool = True,
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Grad-CAM saliency maps.
 
@@ -179,6 +181,9 @@ def grad_cam(
         chunks are halved on out-of-memory.
     chunk_size : int, optional
         Frames per forward/backward pass, overriding the plan.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the forward pass (default; a NaN frame would give a
+        NaN map); ``False`` skips that pass over ``x`` for speed.
 
     Returns
     -------
@@ -189,15 +194,23 @@ def grad_cam(
     Raises
     ------
     InputError
-        For a malformed ``x`` or target, a layer that does not output ``(B, K, h, w)``, runs
-        more than once, or does not influence the target; inside ``torch.inference_mode()``;
-        for a malformed budget.
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass) or target, a layer that does not output ``(B, K, h, w)``, runs more than once,
+        or does not influence the target; inside ``torch.inference_mode()``; for a malformed
+        budget.
     OutOfBudgetError
         If one frame per pass still runs out of memory.
     UnknownNameError
         For a layer name the model does not have.
+
+    Notes
+    -----
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`), so no call sees another's hooks; calls on different
+    models run in parallel.
     """
-    return _cam(model, x, layer, target, upsample, _gradient_means, memory_budget, chunk_size)
+    return _cam(model, x, layer, target, upsample, _gradient_means, memory_budget, chunk_size, check_finite)
 
 
 def _last_linear(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -245,6 +258,7 @@ def cam(
     upsample: bool = True,
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Class activation maps (CAM) of a conv -> global average pool -> linear network.
 
@@ -287,6 +301,9 @@ def cam(
         chunks are halved on out-of-memory.
     chunk_size : int, optional
         Frames per forward pass, overriding the plan.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the forward pass (default); ``False`` skips that
+        pass over ``x`` for speed.
 
     Returns
     -------
@@ -296,7 +313,9 @@ def cam(
     Raises
     ------
     InputError
-        For a malformed ``x``, target or budget; a plain callable or non-class target; a model
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass), target or budget; a plain callable or non-class target; a model
         without the CAM structure: no ``nn.Linear``, a layer that does not output
         ``(B, K, h, w)`` or does not run exactly once, ``in_features != K``, or a linear layer
         whose input is not the global average of the layer's output.
@@ -304,6 +323,11 @@ def cam(
         If one frame per pass still runs out of memory.
     UnknownNameError
         For a layer name the model does not have.
+
+    Notes
+    -----
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`); calls on different models run in parallel.
 
     Examples
     --------
@@ -313,7 +337,7 @@ def cam(
     >>> cam(net, torch.rand(2, 3, 32, 32), target=3).shape
     torch.Size([2, 32, 32])
     """
-    check_input(model, x)
+    check_input(model, x, finite=check_finite)
     maps: list[torch.Tensor] = []  # allocated once the first chunk gives the map size
     with model_guard(model):
         if layer is None:
@@ -351,7 +375,7 @@ def cam(
                     f"CAM needs conv -> global average pool -> linear: layer {lname!r} has {a.shape[1]} channels "
                     f"but linear {fname!r} takes {linear.in_features} features"
                 )
-            if z.shape != a.shape[:2] or not torch.allclose(z, a.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5):
+            if z.shape != a.shape[:2] or not torch.allclose(z, a.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5, equal_nan=True):
                 raise InputError(
                     f"CAM needs conv -> global average pool -> linear: the input of linear {fname!r} is not the "
                     f"global average of layer {lname!r}'s output (is the model in eval mode?)"

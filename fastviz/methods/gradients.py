@@ -47,8 +47,9 @@ def _guide(_module: nn.Module, args: tuple, output):
     return _GuidedReLU.apply(inp)
 
 
-def _input_gradient(model, x, target, reduce, memory_budget, chunk_size, name: str, hook_relus: bool) -> torch.Tensor:
-    check_input(model, x)
+def _input_gradient(model, x, target, reduce, memory_budget, chunk_size, name: str, hook_relus: bool,
+                    check_finite: bool = True) -> torch.Tensor:
+    check_input(model, x, finite=check_finite)
     if reduce not in _REDUCTIONS:
         raise InputError(f"reduce must be 'max_abs' or None, got {reduce!r}")
     if torch.is_inference_mode_enabled():
@@ -105,16 +106,28 @@ _COMMON_PARAMETERS = """
         halved on out-of-memory.
     chunk_size : int, optional
         Frames per forward/backward pass, overriding the plan.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the forward pass (default); ``False`` skips that
+        pass over ``x`` for speed.
 """
 
 _COMMON_RAISES = """
     Raises
     ------
     InputError
-        For a malformed ``x``, target, ``reduce`` or budget; a target that does not depend on
-        the input; inside ``torch.inference_mode()``.
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass), target, ``reduce`` or budget; a target that does not depend on the input;
+        inside ``torch.inference_mode()``.{more}
     OutOfBudgetError
         If one frame per pass still runs out of memory.
+"""
+
+_COMMON_NOTES = """
+    Notes
+    -----
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`); calls on different models run in parallel.
 """
 
 
@@ -126,8 +139,10 @@ def saliency(
     reduce: str | None = "max_abs",
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
-    return _input_gradient(model, x, target, reduce, memory_budget, chunk_size, "saliency", hook_relus=False)
+    return _input_gradient(model, x, target, reduce, memory_budget, chunk_size, "saliency", hook_relus=False,
+                           check_finite=check_finite)
 
 
 saliency.__doc__ = (
@@ -148,7 +163,8 @@ saliency.__doc__ = (
         float32 on ``x``'s device; ``>= 0`` for ``"max_abs"``, signed for ``None``; raw (not
         normalised), in units of the target per unit of input.
 """
-    + _COMMON_RAISES
+    + _COMMON_RAISES.format(more="")
+    + _COMMON_NOTES
     + """
     Examples
     --------
@@ -168,8 +184,10 @@ def guided_backprop(
     reduce: str | None = "max_abs",
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
-    return _input_gradient(model, x, target, reduce, memory_budget, chunk_size, "guided backprop", hook_relus=True)
+    return _input_gradient(model, x, target, reduce, memory_budget, chunk_size, "guided backprop", hook_relus=True,
+                           check_finite=check_finite)
 
 
 guided_backprop.__doc__ = (
@@ -194,10 +212,9 @@ guided_backprop.__doc__ = (
         float32 on ``x``'s device; ``>= 0`` for ``"max_abs"``, signed for ``None``; raw (not
         normalised), in units of the target per unit of input.
 """
-    + _COMMON_RAISES.rstrip("\n")
+    + _COMMON_RAISES.format(more=" Also for a model without ``nn.ReLU`` modules.")
+    + _COMMON_NOTES
     + """
-        Also for a model without ``nn.ReLU`` modules.
-
     Examples
     --------
     >>> import torch, fastviz

@@ -31,6 +31,7 @@ from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import check_input, model_guard
 from ..targets import Target, as_target, bind, evaluate, for_rows
+from ._concurrency import parallel_kernels
 from .registry import register
 
 __all__ = ["WindowGrid", "blur", "combine_scales", "make_baseline", "masked_batch", "occlusion", "scale_maps", "window_grids"]
@@ -288,6 +289,7 @@ def occlusion(
     chunk_size: int | None = None,
     blur_sigma: float | None = None,
     backend: str = "auto",
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Multi-scale sliding-window occlusion map.
 
@@ -340,6 +342,9 @@ def occlusion(
         Implementation of the masking and window-scoring kernels (:mod:`fastviz.kernels`):
         ``"auto"`` picks by device (the Numba CPU twins on the CPU, torch on CUDA);
         ``"torch"`` is the plain-torch reference path.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before any forward pass (default); ``False`` skips that
+        pass over ``x`` for speed.
 
     Returns
     -------
@@ -350,8 +355,10 @@ def occlusion(
     Raises
     ------
     InputError
-        For a malformed ``x``, windows, stride, baseline, score, target or budget, or a
-        backend unavailable for the device.
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass), windows, stride, baseline, score, target or budget, or a backend unavailable
+        for the device.
     OutOfBudgetError
         If one row per forward pass still runs out of memory.
 
@@ -362,6 +369,9 @@ def occlusion(
     glibc's malloc keep the chunk's working set between forward passes — a process-wide
     effect (at most 64 MiB retained) that any program freeing a block of that size gets.
 
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`); calls on different models run in parallel.
+
     Examples
     --------
     >>> import torch, fastviz as fv
@@ -370,7 +380,7 @@ def occlusion(
     >>> maps.shape
     torch.Size([2, 16, 16])
     """
-    check_input(model, x)
+    check_input(model, x, finite=check_finite)
     if score not in ("delta", "abs"):
         raise InputError(f"score must be 'delta' or 'abs', got {score!r}")
     b, _c, h, w = x.shape
@@ -411,7 +421,9 @@ def occlusion(
             rows = torch.arange(r0, r1, device=x.device)
             frame = torch.div(rows, n, rounding_mode="floor")
             # the chunk is scored before the next one overwrites the buffer
-            out = model(fill(x, frame, boxes[rows - frame * n], base, out=buffer))
+            with parallel_kernels():
+                masked = fill(x, frame, boxes[rows - frame * n], base, out=buffer)
+            out = model(masked)
             scores[r0:r1] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame], r1 - r0)
 
         scheduler.run_chunks(plan, step, x.device)
@@ -419,4 +431,5 @@ def occlusion(
         scores.abs_()
     if reduce == "torch":  # plain torch: two 0/1 coverage matmuls per scale on the grid
         return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
-    return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()
+    with parallel_kernels():
+        return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()

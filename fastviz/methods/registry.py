@@ -2,6 +2,12 @@
 
 The CLI's ``--method`` choices and the tests' parameter lists both read this registry, so a new
 method is exposed and tested by registering it (the pattern of timm's ``register_model``).
+
+Every registered method checks its input at the public boundary with
+:func:`fastviz.hooks.check_input` (form, NaN/Inf unless ``check_finite=False``, channels and
+size) before the model runs, and runs the model only inside :func:`fastviz.hooks.model_guard`,
+which holds the model's re-entrant lock: calls on one model from several threads are serialised,
+calls on different models run in parallel.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InputError, UnknownNameError
+from ..hooks import check_finite as _check_finite
 
 __all__ = ["explain", "get", "methods", "register"]
 
@@ -50,7 +57,9 @@ def get(name: str) -> Callable[..., torch.Tensor]:
         raise UnknownNameError(f"unknown method {name!r}; registered methods: {', '.join(methods())}") from None
 
 
-def explain(model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", **kwargs) -> torch.Tensor:
+def explain(
+    model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", check_finite: bool = True, **kwargs
+) -> torch.Tensor:
     """Saliency maps of ``model`` on ``x`` by the method registered as ``method``.
 
     Parameters
@@ -60,6 +69,10 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", 
         Float input in the model's input space, on the model's device.
     method : str
         A name from :func:`methods`.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the model runs (default); ``False`` skips that pass
+        over ``x`` for speed. Passed on to the method (a method registered without this option
+        gets the check here).
     **kwargs
         The method's own options (see each method's docstring).
 
@@ -73,7 +86,13 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", 
     UnknownNameError
         For an unregistered ``method``.
     InputError
-        For an option the method does not take.
+        For an option the method does not take; and as the method raises (NaN or Inf in ``x``,
+        a channel count or size the model does not take, ...).
+
+    Notes
+    -----
+    Thread-safe as the methods are: calls on one model are serialised, calls on different
+    models run in parallel (see :func:`fastviz.hooks.model_lock`).
     """
     fn = get(method)
     accepted = inspect.signature(fn).parameters
@@ -81,4 +100,8 @@ def explain(model: torch.nn.Module, x: torch.Tensor, method: str = "occlusion", 
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         options = ", ".join(n for n in accepted if n not in ("model", "x"))
         raise InputError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; its options are: {options}")
+    if "check_finite" in accepted:
+        kwargs["check_finite"] = check_finite
+    elif check_finite and isinstance(x, torch.Tensor):
+        _check_finite(x)
     return fn(model, x, **kwargs)

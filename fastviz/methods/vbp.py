@@ -18,6 +18,7 @@ from torch import nn
 from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import HandleList, as_layers, check_input, model_guard
+from ._concurrency import parallel_kernels
 from ._layers import ConvBlocks
 from .perturbation import resolve_backend
 from .registry import register
@@ -57,6 +58,7 @@ def visual_backprop(
     backend: str = "auto",
     memory_budget: str | int | float | None = None,
     chunk_size: int | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """VisualBackProp saliency maps.
 
@@ -92,6 +94,9 @@ def visual_backprop(
         go through the model in chunks planned from it, halved on out-of-memory.
     chunk_size : int, optional
         Frames per forward pass, overriding the plan.
+    check_finite : bool
+        Check ``x`` for NaN and Inf before the forward pass (default; a NaN frame would give
+        an all-zero map); ``False`` skips that pass over ``x`` for speed.
 
     Returns
     -------
@@ -101,12 +106,19 @@ def visual_backprop(
     Raises
     ------
     InputError
-        For a malformed ``x``, a layer that is not an ``nn.Conv2d``, or no conv layer running,
-        or a backend unavailable for the device, or a malformed budget.
+        For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
+        model does not take: naming the expected and the given shape, before any forward
+        pass), a layer that is not an ``nn.Conv2d``, or no conv layer running, or a backend
+        unavailable for the device, or a malformed budget.
     OutOfBudgetError
         If one frame per forward pass still runs out of memory.
+
+    Notes
+    -----
+    Thread-safe: calls on one model from several threads are serialised by the model's lock
+    (:func:`fastviz.hooks.model_lock`); calls on different models run in parallel.
     """
-    check_input(model, x)
+    check_input(model, x, finite=check_finite)
     resolve_backend(backend, x.device, kernels.vbp.DEFAULTS)  # a bad backend fails before the forward pass
     if layers is None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -148,7 +160,8 @@ def _visual_backprop_rows(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv
     with torch.no_grad():
         geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
         try:
-            m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
+            with parallel_kernels():
+                m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
         except ValueError as exc:  # e.g. backend="cpu" on a chain with pooling between convs
             raise InputError(f"VisualBackProp upscaling: {exc}") from None
         if m.shape[-2:] != x.shape[-2:]:
