@@ -10,7 +10,7 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 >>> maps = fv.occlusion(model, x)                 # (4, 66, 200) float32
 """
 
-from . import data, errors, kernels, models, render, scheduler, targets, video
+from . import data, errors, kernels, models, render, scheduler, targets, tempfiles, video
 from .costs import bench
 from .methods import (
     backprojection,
@@ -27,6 +27,7 @@ from .methods import (
     saliency,
     visual_backprop,
 )
+from .overlay import write_overlay
 
 __all__ = [
     "backprojection",
@@ -49,8 +50,10 @@ __all__ = [
     "saliency",
     "scheduler",
     "targets",
+    "tempfiles",
     "video",
     "visual_backprop",
+    "write_overlay",
 ]
 
 __version__ = "0.1.0"

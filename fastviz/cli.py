@@ -2,17 +2,22 @@
 
 ``fastviz bench``: what each saliency method costs on a model (:mod:`fastviz.costs`, :func:`fastviz.bench`).
 
-``fastviz overlay [INPUT] -o OUTPUT``: saliency video of a drive log, video file or image
-folder (default: the bundled held-out CarRacing log) through a model (default: the bundled
-``pilotnet-carracing``) with a saliency method (default: ``visual_backprop``).
+``fastviz overlay [INPUT] -o OUTPUT``: saliency video (or PNG images) of a drive log, video file
+or image folder (default: the bundled held-out CarRacing log) through a model (default: the
+bundled ``pilotnet-carracing``) with a saliency method (default:
+:data:`fastviz.overlay.DEFAULT_METHOD`); the work is :func:`fastviz.overlay.write_overlay`.
 ``--method backprojection`` is model-free (:mod:`fastviz.methods.backprojection`, OpenCV colour
 rarity): no model is loaded (``--model`` and ``--device`` are ignored), the map covers the whole
 frame, and the model methods' options (``--layer``, ``--target``, ...) are errors.
 
 Everything that can be checked is checked before the output is created: the model loads, the
-method exists and takes the options given, the input opens and its first batch goes through the
-model. Bad input ends with one line ``fastviz: error: ...`` on stderr and exit status 2, and no
-output file; Ctrl-C ends with status 130, also without output.
+method exists and takes the options given, the input opens (a truncated video is reported when
+opened) and its first batch goes through the model. Bad input, and an output that cannot be
+written (read-only or full file system), end with one line ``fastviz: error: ...`` on stderr,
+exit status 2 and no output file; Ctrl-C, SIGTERM and SIGHUP end with 130, 143 and 129, also
+without output (``--keep-partial``: the frames done are kept, and the message says so).
+Warnings (grayscale frames converted, frames squashed to the model's aspect ratio) are one line
+``fastviz: warning: ...``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,19 +41,15 @@ import fastviz
 from . import render as rd
 from .errors import FastvizError, InputError
 from .scheduler import parse_device
-from .video import VideoSink, codec_for, open_source
+from .overlay import AUTO_SCALE_TARGET, BACKPROJECTION, DEFAULT_METHOD, MAX_PICTURE_SIDE
 
 __all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: Frames are enlarged by a whole factor up to about this many pixels on their long side,
-#: unless ``--scale`` is given (CarRacing's 96 x 96 frames: x4).
-AUTO_SCALE_TARGET = 384
-
-#: The model-free method: frames -> maps with OpenCV, no model forward (not in the registry).
-BACKPROJECTION = "backprojection"
+#: Largest ``--scale`` the parser takes; the picture is also bounded by ``MAX_PICTURE_SIDE``.
+MAX_SCALE = 64
 
 
 def _method_names() -> list[str]:
@@ -160,9 +162,37 @@ def _memory_budget(text: str) -> str | int | float:
 
 
 def _colormap_name(text: str) -> str:
-    if text.lower() not in rd.COLORMAPS:
-        raise argparse.ArgumentTypeError(f"unknown colormap {text!r} (known: {', '.join(sorted(rd.COLORMAPS))})")
+    if text.lower() not in rd.COLORMAP_CHOICES:
+        raise argparse.ArgumentTypeError(f"unknown colormap {text!r} (known: {', '.join(sorted(rd.COLORMAP_CHOICES))})")
     return text.lower()
+
+
+def _display_scale(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SCALE}, got {value}")
+    return value
+
+
+def _value_range(text: str) -> str | tuple[float, float]:
+    if text in ("frame", "first"):
+        return text
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frame, first or LO,HI like -0.1,0.1, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"need finite LO < HI, got {text!r}")
+    return lo, hi
+
+
+def _codec_name(text: str) -> str:
+    from .video import check_codec
+
+    try:
+        return check_codec(text)
+    except FastvizError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -202,14 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
         "overlay",
         help="render a saliency video of a video file, image folder or the bundled drive log",
         description=(
-            "Compute a saliency map for every frame and write a video of the frames with their maps. "
-            "INPUT is a video file or a folder of images (png/jpg/bmp, natural name order); "
-            "without INPUT the bundled held-out CarRacing drive log is used."
+            "Compute a saliency map for every frame and write a video (or PNG images) of the frames with their "
+            "maps and a legend. INPUT is a video file, a drive log (video + .csv of steering_rad beside it) or a "
+            "folder of images (png/jpg/bmp, natural name order); without INPUT the bundled held-out CarRacing "
+            "drive log is used. Outputs are written under an exclusive temporary name, checked, then renamed; "
+            "on an error, Ctrl-C, SIGTERM or SIGHUP nothing is left (--keep-partial keeps the frames done)."
         ),
     )
     ov.add_argument("input", nargs="?", metavar="INPUT", help="video file or image folder (default: bundled drive log)")
     ov.add_argument(
-        "-o", "--output", required=True, metavar="OUTPUT", help="output video: .mp4 (mp4v), .avi (MJPG) or .mkv (FFV1)"
+        "-o", "--output", required=True, metavar="OUTPUT",
+        help="output: .mp4 (H.264, plays in browsers), .mkv (FFV1, lossless), .avi (Motion JPEG), or a folder "
+        "DIR/ (new or empty) for PNG images frame_000000.png, ...",
     )
     ov.add_argument(
         "--model",
@@ -220,11 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ov.add_argument(
         "--method",
-        default="visual_backprop",
+        default=DEFAULT_METHOD,
         choices=_method_names(),
         metavar="NAME",
-        help=f"saliency method: {', '.join(_method_names())} (default: %(default)s; occlusion costs "
-        "~1,900 forward passes per frame; backprojection is model-free: --model and --device are ignored)",
+        help=f"saliency method: {', '.join(_method_names())} (default: %(default)s, chosen by measurement: see the "
+        "README; occlusion costs 1,873 model evaluations per frame with the default windows; backprojection "
+        "is model-free: --model and --device are ignored)",
     )
     ov.add_argument("--layout", default="overlay", choices=rd.LAYOUTS, help="display (default: %(default)s)")
     ov.add_argument("--batch", type=_positive_int, default=16, metavar="N", help="frames per batch (default: %(default)s)")
@@ -232,15 +267,39 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     ov.add_argument(
         "--scale",
-        type=_positive_int,
+        type=_display_scale,
         metavar="K",
-        help=f"enlarge frames K times for display (default: a whole factor up to ~{AUTO_SCALE_TARGET} px)",
+        help=f"enlarge frames K times for display, 1..{MAX_SCALE}, at most {MAX_PICTURE_SIDE} px a side "
+        f"(default: a whole factor up to ~{AUTO_SCALE_TARGET} px)",
     )
     ov.add_argument("--alpha", type=_unit_float, default=0.5, metavar="A", help="heatmap opacity (default: %(default)s)")
     ov.add_argument(
-        "--colormap", type=_colormap_name, default="jet", metavar="NAME", help="OpenCV colormap (default: %(default)s)"
+        "--colormap", type=_colormap_name, default="auto", metavar="NAME",
+        help="auto (blue-white-red centred on zero for signed maps such as occlusion's, inferno for non-negative "
+        "ones), rdbu_r, or an OpenCV colormap name (default: %(default)s)",
     )
     ov.add_argument("--clip", type=_percentiles, metavar="LO,HI", help="clip each map to these percentiles, e.g. 1,99")
+    ov.add_argument(
+        "--vrange", type=_value_range, default="frame", metavar="frame|first|LO,HI",
+        help="values the colours span: each frame's own range (frame), fixed from the first batch (first), or "
+        "fixed numbers in the map's units (default: %(default)s)",
+    )
+    ov.add_argument("--no-legend", action="store_true", help="no colour bar below the picture")
+    ov.add_argument(
+        "--gauge", action="store_true",
+        help="draw a steering gauge: the prediction and, for a drive log, the recorded steering (degrees, + = right)",
+    )
+    ov.add_argument(
+        "--save-maps", metavar="FILE.npz",
+        help="also save the raw maps: float16 maps (N, H, W) at the model's input resolution, int64 frame index, "
+        "float32 prediction (one-output models)",
+    )
+    ov.add_argument("--codec", type=_codec_name, metavar="NAME",
+                    help="FFmpeg video encoder instead of the extension's default (libx264, ffv1, mjpeg), e.g. libx265")
+    ov.add_argument(
+        "--keep-partial", action="store_true",
+        help="on an error or interrupt, keep the frames finished so far under the final name (stated in the message)",
+    )
     ov.add_argument("--fps", type=_positive_float, help="output frames per second (default: the input's)")
     ov.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -364,76 +423,23 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _overlay(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from .overlay import write_overlay
 
-    started = time.perf_counter()
-    output = Path(args.output)
-    codec_for(output)  # unknown extension: fail before any work
-    if not output.parent.is_dir():
-        raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
     model = None  # --method backprojection: model-free, no model loaded
     if args.method != BACKPROJECTION:
         device = parse_device(args.device)
         model = fastviz.models.load(args.model, device)
-    opts = _method_options(args)
-    source = open_source(args.input, fps=args.fps)
-    if source.path.resolve() == output.resolve():
-        raise InputError(f"output {output} would overwrite the input")
-    height, width = source.shape[:2]
-    region = (0, height, 0, width) if model is None else model.transform.region(height, width)
-    scale = args.scale or max(1, AUTO_SCALE_TARGET // max(height, width))
-    look = dict(region=region, scale=scale, alpha=args.alpha, colormap=args.colormap, clip=args.clip)
-
-    def saliency(frames: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
-        if model is None:
-            from .methods.backprojection import backprojection_maps
-
-            return backprojection_maps(frames, **opts)
-        if x is None:
-            x = model.preprocess(frames)
-        maps = fastviz.explain(model, x, method=args.method, **opts)
-        return maps.detach().float().cpu().numpy()
-
-    batches = source.batches(args.batch, max_frames=args.max_frames)
-    try:
-        first_started = time.time()
-        first = next(batches)
-        x = None
-        if model is not None:
-            x = model.preprocess(first)
-            try:
-                with torch.no_grad():
-                    model(x)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as exc:
-                raise InputError(
-                    f"model {args.model} cannot take frames of shape {tuple(first.shape[1:])}: {_one_line(exc)}"
-                ) from None
-        first_maps = saliency(first, x)
-        picture = rd.render(first[0], first_maps[0], args.layout, **look)
-
-        total = source.frame_count
-        if args.max_frames is not None:
-            total = args.max_frames if total is None else min(total, args.max_frames)
-        written = 0
-        with VideoSink(output, fps=source.fps, size=picture.shape[:2]) as sink, tqdm(
-            total=total, unit="frame", file=sys.stderr, disable=args.quiet, dynamic_ncols=True, desc=args.method
-        ) as bar:
-            # the bar appears only once the input is known good; count the first batch's time too
-            bar.start_t = bar.last_print_t = first_started
-            rest = ((frames, saliency(frames)) for frames in batches)
-            for frames, maps in itertools.chain([(first, first_maps)], rest):
-                for frame, m in zip(frames, maps):
-                    sink.write(rd.render(frame, m, args.layout, **look))
-                written += len(frames)
-                bar.update(len(frames))
-    finally:
-        batches.close()
-    seconds = time.perf_counter() - started
+    result = write_overlay(
+        args.output, args.input, model=model, method=args.method, options=_method_options(args),
+        layout=args.layout, batch=args.batch, max_frames=args.max_frames, scale=args.scale, alpha=args.alpha,
+        colormap=args.colormap, clip=args.clip, vrange=args.vrange, fps=args.fps, legend=not args.no_legend,
+        gauge=args.gauge, save_maps=args.save_maps, codec=args.codec, keep_partial=args.keep_partial,
+        progress=not args.quiet,
+    )
+    maps = f" and maps -> {result.maps}" if result.maps is not None else ""
     print(
-        f"fastviz: {written} frames ({args.method}, {args.layout}) in {seconds:.1f} s "
-        f"({written / max(seconds, 1e-9):.1f} frames/s) -> {output}"
+        f"fastviz: {result.frames} frames ({args.method}, {args.layout}) in {result.seconds:.1f} s "
+        f"({result.frames_per_s:.1f} frames/s) -> {result.output}{maps}"
     )
     return 0
 
@@ -505,8 +511,10 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fastviz`` command line; returns the exit status.
 
-    0: done; 2: bad usage or bad input (one line ``fastviz: error: ...`` on stderr, no output
-    file); 130: interrupted (no output file).
+    0: done; 1: out of memory; 2: bad usage, bad input or an output that cannot be written (one
+    line ``fastviz: error: ...`` on stderr, no output file); 130: interrupted (Ctrl-C), 143:
+    SIGTERM, 129: SIGHUP (no output file; with ``--keep-partial`` the frames done are kept and the
+    message says where).
     """
     _quiet_opencv()
     fastviz.scheduler.tune_cpu_allocator()  # our own process: keep activation buffers for reuse
@@ -522,19 +530,35 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
+    from . import tempfiles
+
+    restore = tempfiles.install_signal_handlers() if threading.current_thread() is threading.main_thread() else None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.run(args)
     except FastvizError as exc:
-        print(f"fastviz: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"fastviz: error: {_one_line(str(exc))}{_kept(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except torch.OutOfMemoryError:
-        print(f"fastviz: error: out of memory on {args.device}: try a smaller --batch", file=sys.stderr)
+    except torch.OutOfMemoryError as exc:
+        print(f"fastviz: error: out of memory on {args.device}: try a smaller --batch{_kept(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("fastviz: interrupted; no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, tempfiles.Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc.signal_name}"
+        kept = _kept(exc)
+        print(f"fastviz: {what}{kept if kept else '; no output written'}", file=sys.stderr)
+        return tempfiles.exit_code(exc)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _kept(exc: BaseException) -> str:
+    """``"; kept N frames in PATH (--keep-partial)"`` for the partial outputs an error left, by request."""
+    kept = getattr(exc, "fastviz_kept", None)
+    if not kept:
+        return ""
+    return "; " + "; ".join(f"kept {n} frames in {path} (--keep-partial)" for path, n in kept)
 
 
 if __name__ == "__main__":  # pragma: no cover

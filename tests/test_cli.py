@@ -16,6 +16,7 @@ import torch
 import fastviz
 import fastviz.data
 from fastviz import cli
+from fastviz import render as rd
 from fastviz.models import FramePreprocess, PilotNet
 
 from videofiles import decode_all, write_ffv1
@@ -59,6 +60,12 @@ def out_dir(tmp_path) -> Path:
     return d
 
 
+def legend_height(width: int, layout: str) -> int:
+    """Rows the legend strip adds below a picture ``width`` pixels wide (as fastviz.render draws it)."""
+    frame = np.zeros((8, width // (3 if layout == "side-by-side" else 1), 3), np.uint8)
+    return rd.render(frame, np.ones((4, 4)), layout, legend=True).shape[0] - 8
+
+
 def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, f"expected one stderr line, got: {err!r}"
@@ -78,8 +85,9 @@ def test_overlay_end_to_end(assets, out_dir, capsys, layout, width_factor):
     assert rc == 0, captured.err
     assert sorted(p.name for p in out_dir.iterdir()) == ["out.mp4"]
     video = decode_all(out)
-    # 96 x 96 frames are enlarged x4 by default (whole factor up to ~384 px)
-    assert video.shape == (4, 384, 384 * width_factor, 3)
+    # 96 x 96 frames are enlarged x4 by default (whole factor up to ~384 px), the legend strip below
+    assert video.shape[0] == 4 and video.shape[2:] == (384 * width_factor, 3)
+    assert video.shape[1] == 384 + legend_height(384 * width_factor, layout)
     summary = captured.out.strip().splitlines()
     assert len(summary) == 1 and "4 frames" in summary[0] and str(out) in summary[0]
     assert "frame/s" in captured.err  # the progress bar reports a rate
@@ -102,7 +110,9 @@ def test_every_registered_method_runs(assets, out_dir, capsys, method):
         assert not any(out_dir.iterdir())
         return
     assert rc == 0, capsys.readouterr().err
-    assert decode_all(out).shape == (2, 96, 96, 3)
+    video = decode_all(out)
+    assert video.shape[:1] == (2,) and video.shape[2:] == (96, 3)
+    assert video.shape[1] == 96 + legend_height(96, "overlay")
 
 
 class FakeExplain:
@@ -179,7 +189,8 @@ def test_rendered_values(assets, out_dir, monkeypatch):
     the colormap's lowest colour and leaves the cropped-away dashboard as recorded."""
     frames = assets["stand_in_frames"]
     monkeypatch.setattr(fastviz, "explain", FakeExplain(value=3.0))
-    base = ["overlay", str(assets["stand_in_log"]), "--model", assets["stand_in_model"], "--scale", "1", "-q"]
+    base = ["overlay", str(assets["stand_in_log"]), "--model", assets["stand_in_model"], "--scale", "1", "-q",
+            "--no-legend"]
     assert cli.main([*base, "-o", str(out_dir / "a0.mkv"), "--alpha", "0"]) == 0
     np.testing.assert_array_equal(decode_all(out_dir / "a0.mkv"), frames)
     assert cli.main([*base, "-o", str(out_dir / "a1.mkv"), "--alpha", "1", "--colormap", "jet"]) == 0
@@ -195,7 +206,8 @@ def test_image_folder_input(assets, out_dir, tmp_path, capsys):
     for i, f in enumerate(assets["stand_in_frames"][:3]):
         cv2.imwrite(str(folder / f"f{i + 1}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     out = out_dir / "o.avi"
-    rc = cli.main(["overlay", str(folder), "-o", str(out), "--model", assets["stand_in_model"], "--scale", "2", "-q"])
+    rc = cli.main(["overlay", str(folder), "-o", str(out), "--model", assets["stand_in_model"], "--scale", "2", "-q",
+                   "--no-legend"])
     assert rc == 0, capsys.readouterr().err
     assert decode_all(out).shape == (3, 192, 192, 3)
 
@@ -243,7 +255,7 @@ def _bad_inputs(assets: dict, tmp: Path) -> dict[str, list[str]]:
         "missing model file": [log, "--model", str(tmp / "nope.safetensors")],
         "unknown method": [log, "--model", model, "--method", "no_such_method"],
         "model cannot take the frames": [log, "--model", assets["small_model"]],
-        "option of another method": [log, "--model", model, "--layer", "features.9"],
+        "option of another method": [log, "--model", model, "--method", "visual_backprop", "--layer", "features.9"],
         "unknown layer": [log, "--model", model, "--method", "grad_cam", "--layer", "nope"],
         "bad batch": [log, "--model", model, "--batch", "0"],
         "bad windows": [log, "--model", model, "--method", "occlusion", "--windows", "8,x"],
@@ -397,7 +409,9 @@ def test_backprojection_end_to_end(assets, out_dir, capsys, layout, width_factor
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert sorted(p.name for p in out_dir.iterdir()) == ["out.mp4"]
-    assert decode_all(out).shape == (3, 384, 384 * width_factor, 3)
+    video = decode_all(out)
+    assert video.shape[0] == 3 and video.shape[2:] == (384 * width_factor, 3)
+    assert video.shape[1] == 384 + legend_height(384 * width_factor, layout)
     summary = captured.out.strip().splitlines()
     assert len(summary) == 1 and "3 frames (backprojection" in summary[0]
     assert "Traceback" not in captured.err
@@ -413,7 +427,7 @@ def test_backprojection_loads_no_model(assets, out_dir, monkeypatch, capsys):
     monkeypatch.setattr(fastviz, "explain", no_model)
     out = out_dir / "o.mkv"
     argv = ["overlay", str(assets["stand_in_log"]), "-o", str(out), "--method", "backprojection"]
-    assert cli.main([*argv, "--model", "no-such-model", "--device", "cuda:7", "--scale", "1", "-q"]) == 0, (
+    assert cli.main([*argv, "--model", "no-such-model", "--device", "cuda:7", "--scale", "1", "-q", "--no-legend"]) == 0, (
         capsys.readouterr().err
     )
     assert decode_all(out).shape == (6, 96, 96, 3)
@@ -422,7 +436,6 @@ def test_backprojection_loads_no_model(assets, out_dir, monkeypatch, capsys):
 def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
     """alpha 1: every pixel, the dashboard rows a model would crop away included, is the
     colormap of the frame's own back-projection map."""
-    from fastviz import render as rd
     from fastviz.methods.backprojection import backprojection_maps
 
     frames = assets["stand_in_frames"]
@@ -431,9 +444,12 @@ def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
     assert cli.main([*argv, "--alpha", "1", "--scale", "1", "--batch", "4", "-q"]) == 0
     video = decode_all(out)
     maps = backprojection_maps(frames)
-    expected = np.stack([rd.render(f, m, "overlay", region=(0, 96, 0, 96), scale=1, alpha=1.0) for f, m in zip(frames, maps)])
+    expected = np.stack([
+        rd.render(f, m, "overlay", region=(0, 96, 0, 96), scale=1, alpha=1.0, legend=True, units="relative")
+        for f, m in zip(frames, maps)
+    ])
     np.testing.assert_array_equal(video, expected)
-    assert not (video[:, 84:] == frames[:, 84:]).all()  # the bottom rows are painted too
+    assert not (video[:, 84:96] == frames[:, 84:]).all()  # the bottom rows are painted too
 
 
 #: The bad inputs that concern a model (backprojection loads none) — the rest apply to it too.

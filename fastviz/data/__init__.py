@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError, InputFileNotFoundError
 
-__all__ = ["DriveLog", "EXAMPLE_LOG", "example_log_path", "load_drive_log"]
+__all__ = ["DriveLog", "EXAMPLE_LOG", "example_log_path", "load_drive_log", "read_steering"]
 
 #: File name (inside the ``fastviz.data`` package) of the bundled held-out drive log's video.
 EXAMPLE_LOG = "carracing_heldout.mkv"
@@ -58,11 +58,35 @@ def example_log_path() -> Path:
     return Path(str(resources.files(__package__).joinpath(EXAMPLE_LOG)))
 
 
-def _read_steering(path: Path, n_frames: int) -> np.ndarray:
+def read_steering(video: str | os.PathLike, n_frames: int | None = None) -> np.ndarray | None:
+    """The recorded steering of a drive log's video, from the ``.csv`` beside it (same stem).
+
+    Parameters
+    ----------
+    video : path
+        The log's video file.
+    n_frames : int, optional
+        The video's frame count, when known: the file must have that many rows.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float32 ``(N,)``, radians, positive = right; ``None`` when there is no ``.csv`` beside
+        the video (not a drive log).
+
+    Raises
+    ------
+    InputError
+        For a ``.csv`` without a ``steering_rad`` column, with non-numeric values, or with another
+        row count than ``n_frames``.
+    """
+    path = Path(video).with_suffix(".csv")
+    if not path.is_file():
+        return None
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read steering file {path}: {exc}") from None
     if not rows or "steering_rad" not in rows[0]:
         raise InputError(f"steering file {path} has no 'steering_rad' column")
@@ -70,7 +94,7 @@ def _read_steering(path: Path, n_frames: int) -> np.ndarray:
         steering = np.array([float(r["steering_rad"]) for r in rows], dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise InputError(f"steering file {path}: non-numeric steering value ({exc})") from None
-    if steering.shape[0] != n_frames:
+    if n_frames is not None and steering.shape[0] != n_frames:
         raise InputError(f"steering file {path} has {steering.shape[0]} rows but the video has {n_frames} frames")
     return steering
 
@@ -105,5 +129,5 @@ def load_drive_log(path: str | os.PathLike | None = None) -> DriveLog:
             raise InputFileNotFoundError(f"drive log video not found: {video}")
         raise InputFileNotFoundError(f"steering file not found beside the video: {steering_path}")
     frames, fps = read_video(video)
-    steering = _read_steering(steering_path, frames.shape[0])
+    steering = read_steering(video, frames.shape[0])
     return DriveLog(frames=frames, steering=steering, fps=fps, path=video)
