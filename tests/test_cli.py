@@ -241,8 +241,20 @@ def _bad_inputs(assets: dict, tmp: Path) -> dict[str, list[str]]:
     data = assets["stand_in_log"].read_bytes()
     cut = tmp / "cut.mkv"
     cut.write_bytes(data[: len(data) // 2])
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in PilotNet().state_dict().items()}
+    huge = tmp / "huge.safetensors"  # metadata asking for a 2.3 TB input
+    save_file(state, str(huge), metadata={"architecture": "PilotNet", "input_size": "[1000000, 1000000]"})
+    bad_crop = tmp / "crop.safetensors"
+    save_file(state, str(bad_crop), metadata={"architecture": "PilotNet", "crop": "[0.5, 0.2, 0, 1]"})
     log, model = str(assets["stand_in_log"]), assets["stand_in_model"]
     return {
+        "weights asking for a huge input": [log, "--model", str(huge)],
+        "weights with a bad crop": [log, "--model", str(bad_crop)],
+        "display scale too large": [log, "--model", model, "--scale", "100000"],
+        "picture too large": [log, "--model", model, "--scale", "60", "--layout", "side-by-side"],
+        "unknown codec": [log, "--model", model, "--codec", "nope264"],
         "missing input": [str(tmp / "missing.mp4"), "--model", model],
         "not a video": [str(junk), "--model", model],
         "empty file": [str(empty), "--model", model],
@@ -266,6 +278,11 @@ def _bad_inputs(assets: dict, tmp: Path) -> dict[str, list[str]]:
 
 
 BAD_INPUT_NAMES = [
+    "weights asking for a huge input",
+    "weights with a bad crop",
+    "display scale too large",
+    "picture too large",
+    "unknown codec",
     "missing input",
     "not a video",
     "empty file",
@@ -312,6 +329,11 @@ def test_error_messages_name_the_problem(assets, tmp_path, out_dir, capsys):
         "unknown method": "no_such_method",
         "model cannot take the frames": "cannot take frames of shape (96, 96, 3)",
         "option of another method": "--layer",
+        "weights asking for a huge input": "input_size",
+        "weights with a bad crop": "crop",
+        "display scale too large": "--scale",
+        "picture too large": "8192",
+        "unknown codec": "nope264",
     }
     for name, needle in expect.items():
         cli.main(["overlay", *cases[name], "-o", str(out_dir / "o.mp4"), "-q"])
@@ -454,6 +476,7 @@ def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
 
 #: The bad inputs that concern a model (backprojection loads none) — the rest apply to it too.
 MODEL_ONLY_BAD_INPUTS = {
+    "weights asking for a huge input", "weights with a bad crop",
     "unknown model", "missing model file", "unknown method", "model cannot take the frames",
     "unknown layer", "bad windows", "no cuda",
 }
