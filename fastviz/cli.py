@@ -110,7 +110,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _percentiles(text: str) -> tuple[float, float]:
+def _percentiles(text: str) -> tuple[float, float] | None:
+    if text == "none":
+        return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
@@ -272,13 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"enlarge frames K times for display, 1..{MAX_SCALE}, at most {MAX_PICTURE_SIDE} px a side "
         f"(default: a whole factor up to ~{AUTO_SCALE_TARGET} px)",
     )
-    ov.add_argument("--alpha", type=_unit_float, default=0.5, metavar="A", help="heatmap opacity (default: %(default)s)")
+    ov.add_argument("--alpha", type=_unit_float, default=0.8, metavar="A",
+                    help="heatmap opacity where the map is highest (default: %(default)s)")
+    ov.add_argument(
+        "--opacity", choices=rd.OPACITIES, default="value",
+        help="value: each pixel's opacity grows with |map| (zero shows the frame as it is); constant: alpha "
+        "everywhere; auto: value for signed maps, constant otherwise (default: %(default)s)",
+    )
     ov.add_argument(
         "--colormap", type=_colormap_name, default="auto", metavar="NAME",
         help="auto (blue-white-red centred on zero for signed maps such as occlusion's, inferno for non-negative "
         "ones), rdbu_r, or an OpenCV colormap name (default: %(default)s)",
     )
-    ov.add_argument("--clip", type=_percentiles, metavar="LO,HI", help="clip each map to these percentiles, e.g. 1,99")
+    ov.add_argument(
+        "--clip", type=_percentiles, default=(0.0, 99.0), metavar="LO,HI|none",
+        help="clip each map to these percentiles before colouring: the top 1%% of a map saturates by default, so a "
+        "few extreme pixels do not leave the rest dark (none: no clipping; default: 0,99)",
+    )
     ov.add_argument(
         "--vrange", type=_value_range, default="frame", metavar="frame|first|LO,HI",
         help="values the colours span: each frame's own range (frame), fixed from the first batch (first), or "
@@ -432,7 +444,7 @@ def _overlay(args: argparse.Namespace) -> int:
     result = write_overlay(
         args.output, args.input, model=model, method=args.method, options=_method_options(args),
         layout=args.layout, batch=args.batch, max_frames=args.max_frames, scale=args.scale, alpha=args.alpha,
-        colormap=args.colormap, clip=args.clip, vrange=args.vrange, fps=args.fps, legend=not args.no_legend,
+        colormap=args.colormap, opacity=args.opacity, clip=args.clip, vrange=args.vrange, fps=args.fps, legend=not args.no_legend,
         gauge=args.gauge, save_maps=args.save_maps, codec=args.codec, keep_partial=args.keep_partial,
         progress=not args.quiet,
     )

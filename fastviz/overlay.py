@@ -48,7 +48,7 @@ __all__ = [
 
 #: The method ``fastviz overlay`` uses when none is given; chosen by measurement on the bundled
 #: log (``scripts/compare_methods.py``, ``docs/method-choice.md``).
-DEFAULT_METHOD = "grad_cam"
+DEFAULT_METHOD = "saliency"
 
 #: The model-free method: frames -> maps with OpenCV, no model forward (not in the registry).
 BACKPROJECTION = "backprojection"
@@ -163,6 +163,8 @@ def _units(method: str, options: dict, model: torch.nn.Module | None) -> str:
         return getattr(model, "output_units", None) or "output units"
     if method in ("visual_backprop", "hypercolumns", BACKPROJECTION):
         return "relative"
+    if method == "saliency" and getattr(model, "output_units", None):
+        return f"{model.output_units}/unit"  # |d output / d input|, the input in [0, 1] per channel
     return "a.u."
 
 
@@ -203,9 +205,10 @@ def write_overlay(
     batch: int = 16,
     max_frames: int | None = None,
     scale: int | None = None,
-    alpha: float = 0.5,
+    alpha: float = 0.8,
     colormap: str | None = "auto",
-    clip: tuple[float, float] | None = None,
+    opacity: str = "value",
+    clip: tuple[float, float] | None = (0.0, 99.0),
     vrange: tuple[float, float] | str | None = "frame",
     fps: float | None = None,
     legend: bool = True,
@@ -244,9 +247,13 @@ def write_overlay(
     scale : int, optional
         Whole display enlargement; default: up to about :data:`AUTO_SCALE_TARGET` px on the long
         side. The picture may be at most :data:`MAX_PICTURE_SIDE` px a side.
-    alpha, colormap, clip
-        See :func:`fastviz.render.render` (``colormap="auto"``: diverging blue-white-red centred
-        on zero for signed maps such as occlusion's deltas, inferno for non-negative ones).
+    alpha, colormap, opacity, clip
+        See :func:`fastviz.render.render`. ``colormap="auto"``: diverging blue-white-red centred
+        on zero for signed maps such as occlusion's deltas, inferno for non-negative ones.
+        ``opacity="value"``: a pixel's opacity is ``alpha * |u|`` (``u`` the map scaled to
+        [-1, 1] or [0, 1]), so where the map is zero the frame shows as recorded. ``clip``: the
+        percentiles each map is clipped to before colouring; by default the top 1% saturate, so
+        a few extreme pixels (gradient maps have them) do not leave the rest dark.
     vrange : "frame", "first" or (float, float)
         The values the colours span: ``"frame"`` each frame's own range (the legend's numbers
         change with the frame); ``"first"`` fixed for the whole video from the first batch's maps
@@ -363,7 +370,8 @@ def write_overlay(
             fixed = (lo, hi) if lo < hi else None
         else:
             fixed = vrange
-        look = dict(region=region, scale=scale, alpha=alpha, colormap=colormap, clip=clip, signed=signed,
+        look = dict(region=region, scale=scale, alpha=alpha, colormap=colormap, opacity=opacity, clip=clip,
+                    signed=signed,
                     vrange=fixed, legend=legend, units=_units(method, options, model))
 
         def picture(i: int, frame: np.ndarray, m: np.ndarray, prediction) -> np.ndarray:

@@ -1,6 +1,12 @@
-"""Regenerate docs/methods.png: one frame of the bundled held-out drive log under every method.
+"""Regenerate docs/methods.png and docs/overlay.png from the bundled held-out drive log.
 
-Usage: python scripts/make_readme_figure.py [--frame N] [--out docs/methods.png]
+Usage: python scripts/make_readme_figure.py [--frame N] [--out docs/methods.png] [--overlay-out docs/overlay.png]
+
+docs/overlay.png: the frame as ``fastviz overlay --gauge`` draws it with the default method
+(:data:`fastviz.overlay.DEFAULT_METHOD`): the map over the frame, the colour bar with its units and
+the steering gauge (predicted and recorded), rendered by :func:`fastviz.write_overlay` itself.
+
+docs/methods.png: one frame of the bundled held-out drive log under every method.
 
 Top row: the frame as recorded; occlusion (|delta|, windows 8/16/32 at stride 4);
 VisualBackProp; Grad-CAM with the steering-direction target; the focus display (occlusion's
@@ -15,7 +21,7 @@ at the bottom is cropped away by the model's preprocessing).
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -29,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frame", type=int, default=None, help="frame index (default: the sharpest turn)")
     ap.add_argument("--out", default="docs/methods.png")
+    ap.add_argument("--overlay-out", default="docs/overlay.png")
     args = ap.parse_args()
 
     model = fv.models.load("pilotnet-carracing")
@@ -67,17 +74,26 @@ def main() -> None:
     ]
     rows = [fv.render.side_by_side([p for _, p in r], labels=[t for t, _ in r]) for r in (top, bottom)]
     picture = np.concatenate(rows, axis=0)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f"cannot write {out}")
-    os.replace(tmp, out)
+    write_png(Path(args.out), picture)
+    with tempfile.TemporaryDirectory() as tmp:
+        fv.write_overlay(f"{tmp}/frames/", model=model, max_frames=i + 1, gauge=True, progress=False)
+        shown = cv2.imread(f"{tmp}/frames/frame_{i:06d}.png")
+    write_png(Path(args.overlay_out), cv2.cvtColor(shown, cv2.COLOR_BGR2RGB))
     import torch
 
     with torch.no_grad():
         pred = float(model(x)[0, 0])
-    print(f"frame {i}: recorded {log.steering[i]:+.3f} rad, predicted {pred:+.3f} rad -> {out}")
+    print(f"frame {i}: recorded {log.steering[i]:+.3f} rad, predicted {pred:+.3f} rad -> {args.out}, {args.overlay_out}")
+
+
+def write_png(path: Path, picture: np.ndarray) -> None:
+    """An RGB picture to a PNG file, all or nothing (:func:`fastviz.tempfiles.atomic_output`)."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise SystemExit(f"cannot encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fv.tempfiles.atomic_output(path, what="figure") as out:
+        out.write(data.tobytes())
 
 
 if __name__ == "__main__":

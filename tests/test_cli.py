@@ -190,7 +190,7 @@ def test_rendered_values(assets, out_dir, monkeypatch):
     frames = assets["stand_in_frames"]
     monkeypatch.setattr(fastviz, "explain", FakeExplain(value=3.0))
     base = ["overlay", str(assets["stand_in_log"]), "--model", assets["stand_in_model"], "--scale", "1", "-q",
-            "--no-legend"]
+            "--no-legend", "--opacity", "constant", "--clip", "none"]
     assert cli.main([*base, "-o", str(out_dir / "a0.mkv"), "--alpha", "0"]) == 0
     np.testing.assert_array_equal(decode_all(out_dir / "a0.mkv"), frames)
     assert cli.main([*base, "-o", str(out_dir / "a1.mkv"), "--alpha", "1", "--colormap", "jet"]) == 0
@@ -467,7 +467,8 @@ def test_backprojection_map_covers_the_whole_frame(assets, out_dir):
     video = decode_all(out)
     maps = backprojection_maps(frames)
     expected = np.stack([
-        rd.render(f, m, "overlay", region=(0, 96, 0, 96), scale=1, alpha=1.0, legend=True, units="relative")
+        rd.render(f, m, "overlay", region=(0, 96, 0, 96), scale=1, alpha=1.0, legend=True, units="relative",
+                  opacity="value", clip=(0.0, 99.0))
         for f, m in zip(frames, maps)
     ])
     np.testing.assert_array_equal(video, expected)
