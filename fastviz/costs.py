@@ -64,6 +64,7 @@ from __future__ import annotations
 import csv
 import importlib
 import inspect
+import io
 import json
 import os
 import platform
@@ -603,14 +604,14 @@ def bench(
 # --------------------------------------------------------------------------- output
 
 
-def _replace_atomically(path: Path, write) -> Path:
+def _replace_atomically(path: Path, data: bytes, what: str) -> Path:
+    """Write ``data`` to ``path`` all or nothing, through an exclusive temporary
+    (:func:`fastviz.tempfiles.atomic_output`); a failed write raises ``OutputError``."""
+    from .tempfiles import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path, what=what) as out:
+        out.write(data)
     return path
 
 
@@ -619,25 +620,20 @@ def to_json(records: Sequence[BenchRecord], path, machine_info: dict | None = No
     doc = {"schema": SCHEMA, "machine": machine_info if machine_info is not None else machine(),
            "records": [r.as_dict() for r in records]}
 
-    def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-
-    return _replace_atomically(Path(path), write)
+    return _replace_atomically(Path(path), (json.dumps(doc, indent=2) + "\n").encode(), "bench JSON")
 
 
 def to_csv(records: Sequence[BenchRecord], path, machine_info: dict | None = None) -> Path:
     """Write one row per record with the columns :data:`CSV_COLUMNS` to ``path``."""
     info = machine_info if machine_info is not None else machine()
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for r in records:
-                row = {**r.as_dict(), **{k: info.get(k) for k in ("cpu", "gpu", "torch", "numba")}}
-                writer.writerow({k: "" if v is None else v for k, v in row.items()})
-
-    return _replace_atomically(Path(path), write)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for r in records:
+        row = {**r.as_dict(), **{k: info.get(k) for k in ("cpu", "gpu", "torch", "numba")}}
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return _replace_atomically(Path(path), text.getvalue().encode(), "bench CSV")
 
 
 def plot(records: Sequence[BenchRecord], path, title: str | None = None) -> Path:
@@ -671,10 +667,9 @@ def plot(records: Sequence[BenchRecord], path, title: str | None = None) -> Path
     ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png")
-
-    return _replace_atomically(Path(path), write)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return _replace_atomically(Path(path), png.getvalue(), "bench plot")
 
 
 def _num(value, fmt: str) -> str:

@@ -506,3 +506,16 @@ def test_cli_cuda_unavailable(tmp_path, capsys):
 def test_cli_input_size_needed_for_user_model(user_model, capsys):
     assert cli.main(["bench", "--model", "benchusernet:GapNet", "--methods", "saliency", "--frames", "1"]) == 2
     assert "--input-size" in one_error_line(capsys.readouterr().err)
+
+
+def test_cli_bench_outputs_on_a_read_only_folder(tmp_path, capsys):
+    """A folder nothing can be written to (a read-only tmpfs as root): one line, exit 2, no file."""
+    from fsfaults import read_only_folder
+
+    with read_only_folder(tmp_path / "ro") as folder:
+        args = ["bench", "--methods", "saliency", "--frames", "1", "--repeats", "1", "-q",
+                "--json", str(folder / "b.json"), "--csv", str(folder / "b.csv")]
+        assert cli.main(args) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "b.json" in line and ("read-only" in line.lower() or "permission" in line.lower())
+        assert list(folder.iterdir()) == []
