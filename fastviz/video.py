@@ -81,7 +81,7 @@ _CONTAINER_OPTIONS: dict[str, dict[str, str]] = {"mp4": {"movflags": "+faststart
 
 #: Encoder -> (pixel format, encoder options) for the encoders fastviz chooses by default.
 _ENCODER_SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
-    "libx264": ("yuv420p", {}),
+    "libx264": ("yuv420p", {"preset": "veryfast"}),  # 2x faster than "medium", ~6% larger (measured)
     "ffv1": ("bgr0", {}),  # packed RGB: lossless for RGB frames (yuv would round)
     "mjpeg": ("yuvj420p", {"qmin": "2", "qmax": "2"}),  # like `ffmpeg -q:v 2`
 }

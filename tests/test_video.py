@@ -314,6 +314,7 @@ def test_sink_faststart_pass_moves_the_data_intact(tmp_path):
     with av.open(str(plain), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.options = {"preset": "veryfast"}  # as VideoSink's H.264
         for i, f in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(f, format="rgb24")
             picture.pts = i
