@@ -398,24 +398,10 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, device: torc
 
 
 def _as_run(plans: Sequence[scheduler.Plan]) -> list[scheduler.Plan]:
-    """The plans as run, from the plans recorded during a run.
-
-    :func:`scheduler.plan` publishes each plan, then :func:`scheduler.run_chunks` publishes the
-    plan as run, with the same ``rows``, ``row_bytes`` and ``budget_bytes`` (the chunk and the
-    passes may differ after out-of-memory back-offs): of such a consecutive pair, the second
-    is kept; a plan published alone (``run_chunks`` on a plan made by hand) is kept as it is.
-    """
-    ran, i = [], 0
-    while i < len(plans):
-        p = plans[i]
-        nxt = plans[i + 1] if i + 1 < len(plans) else None
-        if nxt is not None and (nxt.rows, nxt.row_bytes, nxt.budget_bytes) == (p.rows, p.row_bytes, p.budget_bytes):
-            ran.append(nxt)
-            i += 2
-        else:
-            ran.append(p)
-            i += 1
-    return ran
+    """The plans as run, from the plans recorded during a run: those :func:`scheduler.run_chunks`
+    published (``as_run``, the chunk and passes after any out-of-memory back-off); the plans
+    :func:`scheduler.plan` published before running them are left out."""
+    return [p for p in plans if p.as_run]
 
 
 class _ForwardCount:

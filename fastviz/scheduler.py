@@ -219,7 +219,8 @@ class Plan:
     """A chunk plan: ``rows`` rows in chunks of ``chunk`` rows, ``passes`` forward passes.
 
     ``row_bytes`` is the measured need per row, ``budget_bytes`` the budget, ``backoffs`` how
-    often an out-of-memory halved the chunk (plans as run, from :func:`run_chunks`).
+    often an out-of-memory halved the chunk, ``as_run`` whether this is the plan as it ran (from
+    :func:`run_chunks`, with the chunk and passes after any back-off) rather than as planned.
     """
 
     rows: int
@@ -228,6 +229,7 @@ class Plan:
     row_bytes: int
     budget_bytes: int
     backoffs: int = 0
+    as_run: bool = False
 
     @property
     def predicted_peak_bytes(self) -> int:
@@ -317,7 +319,8 @@ def run_chunks(p: Plan, step, device: torch.device | str) -> Plan:
             log.debug("out of memory in a chunk of %d rows; retrying rows %d.. in chunks of %d", chunk * 2, r0, chunk)
             continue
         r0, passes = r1, passes + 1
-    ran = Plan(rows=p.rows, chunk=chunk, passes=passes, row_bytes=p.row_bytes, budget_bytes=p.budget_bytes, backoffs=backoffs)
+    ran = Plan(rows=p.rows, chunk=chunk, passes=passes, row_bytes=p.row_bytes, budget_bytes=p.budget_bytes,
+               backoffs=backoffs, as_run=True)
     _publish(ran)
     return ran
 

@@ -129,14 +129,29 @@ def test_small_custom_model_and_memory_budget():
     assert all(r.model_evaluations_per_frame == 1 for r in recs)
 
 
-def test_as_run_plans_replace_their_plans():
-    """Each plan is published by ``scheduler.plan`` and again as run by ``run_chunks``; a back-off changes
-    the chunk and the passes of the second; a plan run by hand is published once."""
-    planned = Plan(rows=10, chunk=10, passes=1, row_bytes=100, budget_bytes=5000)
-    backed_off = Plan(rows=10, chunk=5, passes=2, row_bytes=100, budget_bytes=5000, backoffs=1)
-    clean = Plan(rows=2, chunk=2, passes=1, row_bytes=100, budget_bytes=5000)
-    by_hand = Plan(rows=7, chunk=3, passes=3, row_bytes=50, budget_bytes=5000)
-    assert fb._as_run([clean, clean, planned, backed_off, by_hand]) == [clean, backed_off, by_hand]
+def test_as_run_plans_are_the_ones_run_chunks_published():
+    """``scheduler.plan`` publishes a plan, ``run_chunks`` publishes it again as run (after an
+    out-of-memory back-off: another chunk and more passes); a plan made by hand and run is
+    published once, as run. Only the as-run plans count."""
+    from fastviz import scheduler
+
+    calls = []
+
+    def step(r0: int, r1: int) -> None:
+        calls.append((r0, r1))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated by the test)")
+
+    with scheduler.record_plans() as plans:
+        model = torch.nn.Conv2d(3, 4, 3).eval()
+        planned = scheduler.plan(model, torch.zeros(1, 3, 8, 8), 10, chunk=10)
+        ran = scheduler.run_chunks(planned, step, "cpu")
+        by_hand = Plan(rows=7, chunk=3, passes=3, row_bytes=50, budget_bytes=5000)
+        scheduler.run_chunks(by_hand, lambda r0, r1: None, "cpu")
+    assert not planned.as_run and ran.as_run and ran.backoffs == 1 and ran.chunk == planned.chunk // 2
+    got = fb._as_run(plans)
+    assert [(p.rows, p.chunk, p.passes, p.as_run) for p in got] == [
+        (10, ran.chunk, ran.passes, True), (7, 3, 3, True)]
     assert fb._as_run([]) == []
 
 
