@@ -346,6 +346,7 @@ def write_overlay(
     batches = source.batches(batch, max_frames=max_frames)
     sinks: list = [None, None]
     written = 0
+    pictures_committed = False
     try:
         first_started = time.time()
         first = next(batches)
@@ -391,27 +392,44 @@ def write_overlay(
             sinks[0] = VideoSink(output, fps=source.fps, size=shape[:2], codec=codec, keep_partial=keep_partial)
         if maps_path is not None:
             sinks[1] = MapsSink(maps_path, keep_partial=keep_partial)
-        with sinks[0] as sink, (sinks[1] if sinks[1] is not None else _Nothing()) as maps_sink, tqdm(
-            total=total, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True, desc=method
-        ) as bar:
-            # the bar appears only once the input is known good; count the first batch's time too
-            bar.start_t = bar.last_print_t = first_started
-            rest = (((frames, *explain(frames)) for frames in batches))
-            for frames, maps, prediction in itertools.chain([(first, first_maps, first_prediction)], rest):
-                for j, (frame, m) in enumerate(zip(frames, maps)):
-                    sink.write(picture(written + j, frame, m, None if prediction is None else prediction[j]))
-                if maps_sink is not None:
-                    index = np.arange(written, written + len(frames), dtype=np.int64)
-                    maps_sink.write(maps, index=index, prediction=prediction)
-                written += len(frames)
-                bar.update(len(frames))
+        # the maps sink is outermost: the picture sink commits first, and if that fails the maps are
+        # discarded with it; if the maps then fail to commit, the pictures just committed are removed
+        with sinks[1] if sinks[1] is not None else _Nothing() as maps_sink:
+            with sinks[0] as sink, tqdm(
+                total=total, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True, desc=method
+            ) as bar:
+                # the bar appears only once the input is known good; count the first batch's time too
+                bar.start_t = bar.last_print_t = first_started
+                rest = ((frames, *explain(frames)) for frames in batches)
+                for frames, maps, prediction in itertools.chain([(first, first_maps, first_prediction)], rest):
+                    for j, (frame, m) in enumerate(zip(frames, maps)):
+                        sink.write(picture(written + j, frame, m, None if prediction is None else prediction[j]))
+                    if maps_sink is not None:
+                        index = np.arange(written, written + len(frames), dtype=np.int64)
+                        maps_sink.write(maps, index=index, prediction=prediction)
+                    written += len(frames)
+                    bar.update(len(frames))
+            pictures_committed = True
     except BaseException as exc:
+        if pictures_committed:  # only the maps' commit can fail after this
+            _remove_committed(sinks[0].path)
         _keep_note(exc, sinks)
         raise
     finally:
         batches.close()
     return OverlayResult(output=output, frames=written, seconds=time.perf_counter() - started, maps=maps_path,
                          method=method)
+
+
+def _remove_committed(path: Path) -> None:
+    """Remove an output this call has just committed (a file, or a folder of images), because a
+    companion output failed: all or nothing across the two."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class _Nothing:

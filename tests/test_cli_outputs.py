@@ -291,3 +291,15 @@ def test_stale_temporary_of_a_killed_run_is_removed(tmp_path, out_dir, capsys):
     assert stale.exists()  # kill -9 leaves it: nothing runs in the killed process
     assert overlay("-o", str(out_dir / "o.mp4"), "--max-frames", "1", "-q") == 0, capsys.readouterr().err
     assert sorted(p.name for p in out_dir.iterdir()) == ["o.mp4"]
+
+
+def test_maps_failing_at_commit_removes_the_video_just_written(tmp_path, out_dir, capsys):
+    """The maps stream to a scratch file that fits the small disk; the .npz written from it at the
+    end does not. The video, already committed in another folder, is removed: all or nothing."""
+    with full_disk(tmp_path / "small", size="300k") as folder:
+        # 8 maps of 66 x 200 float16: 211 KB of scratch, then 211 KB more for the .npz
+        argv = ["-o", str(out_dir / "o.mp4"), "--save-maps", str(folder / "m.npz"), "--max-frames", "8", "-q"]
+        assert overlay(*argv) == 2
+        assert "m.npz" in one_error_line(capsys.readouterr().err)
+        assert list(folder.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
