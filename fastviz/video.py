@@ -247,15 +247,25 @@ class VideoFileSource(FrameSource):
         with self._open() as container:
             stream = self._stream(container)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            announced = self._announced(container, stream, rate)
-            packets = self._count_packets(container, stream)
+            announced = int(stream.frames) if stream.frames and stream.frames > 0 else None
+            announced_s = None if announced is not None else self._announced_seconds(container, stream)
+            packets, end_s = self._count_packets(container, stream)
         if packets == 0:
             raise InputError(f"video {path} holds no decodable frame (empty or corrupt)")
+        # A container's frame index is exact; a duration is not (rounding, a last frame's length),
+        # so a time-based check allows two frame periods or 1%, whichever is more.
         if announced is not None and packets < announced - max(2, announced // 100):
             raise InputError(
                 f"video {path}: holds {packets} of the {announced} frames its container announces "
                 "(truncated or corrupt)"
             )
+        if announced_s is not None and end_s is not None:
+            period = 1.0 / float(rate) if rate and rate > 0 else 0.04
+            if end_s < announced_s - max(2 * period, 0.01 * announced_s):
+                raise InputError(
+                    f"video {path}: its frames end at {end_s:.2f} s of the {announced_s:.2f} s its container "
+                    "announces (truncated or corrupt)"
+                )
         with self._open() as container:
             stream = self._stream(container)
             try:
@@ -288,20 +298,22 @@ class VideoFileSource(FrameSource):
         return container.streams.video[0]
 
     @staticmethod
-    def _announced(container, stream, rate) -> int | None:
-        """Frames the container announces: its count, else duration x frame rate; None if unknown."""
-        if stream.frames and stream.frames > 0:
-            return int(stream.frames)
-        if not rate or rate <= 0:
-            return None
+    def _announced_seconds(container, stream) -> float | None:
+        """How long the container says the video stream lasts, in seconds; ``None`` if it does not
+        say. The container's own duration is that of its longest stream, so it is used only when
+        the video is the file's only stream (an audio track may outlast the video)."""
         if stream.duration and stream.time_base:
-            return int(round(float(stream.duration * stream.time_base * rate)))
-        if container.duration and container.duration > 0:
-            return int(round(container.duration / av.time_base * float(rate)))
+            return float(stream.duration * stream.time_base)
+        if len(container.streams) == 1 and container.duration and container.duration > 0:
+            return container.duration / av.time_base
         return None
 
-    def _count_packets(self, container, stream) -> int:
+    def _count_packets(self, container, stream) -> tuple[int, float | None]:
+        """Demux (no decoding): the video packets and the time their last one ends, in seconds from
+        the stream's start (``None`` without timestamps)."""
         n = 0
+        end = None
+        start = stream.start_time or 0
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # the end-of-stream marker PyAV adds
@@ -309,11 +321,14 @@ class VideoFileSource(FrameSource):
                 if packet.is_corrupt:
                     raise InputError(f"video {self.path}: frame {n} is damaged (truncated or corrupt file)")
                 n += 1
+                if packet.pts is not None and packet.time_base:
+                    stop = float((packet.pts - start + (packet.duration or 0)) * packet.time_base)
+                    end = stop if end is None else max(end, stop)
         except av.error.FFmpegError as exc:
             raise InputError(
                 f"video {self.path}: unreadable after frame {n} ({_reason(exc)}; truncated or corrupt)"
             ) from None
-        return n
+        return n, end
 
     def __iter__(self) -> Iterator[np.ndarray]:
         container = self._open()

@@ -200,8 +200,49 @@ def test_truncated_video_is_reported_when_opened(tmp_path, writer):
         write_with(VideoSink(path, fps=25, size=(48, 64)), frames)
     assert open_source(path).frame_count == 30
     cut = _cut_in_half(path, tmp_path / f"cut{path.suffix}")
-    with pytest.raises(InputError, match=r"cut\.\w+: (frame \d+ is damaged|holds \d+ of the 30 frames).*truncated"):
+    pattern = r"cut\.\w+: (frame \d+ is damaged|holds \d+ of the 30 frames|its frames end at .* of the 1\.20 s).*truncated"
+    with pytest.raises(InputError, match=pattern):
         open_source(cut)
+
+
+def test_valid_variable_frame_rate_and_audio_files_are_not_called_truncated(tmp_path):
+    """Without a frame index (Matroska) the check compares times, never a frame count guessed from a
+    rate: a variable-frame-rate video, and a video whose audio track lasts longer, are whole."""
+    import av
+    from fractions import Fraction
+
+    vfr = tmp_path / "vfr.mkv"
+    with av.open(str(vfr), "w") as c:
+        s = c.add_stream("ffv1", rate=50)
+        s.width, s.height, s.pix_fmt = 32, 24, "bgr0"
+        s.time_base = Fraction(1, 1000)
+        t = 0
+        for i, f in enumerate(random_frames(100, 24, 32)):
+            picture = av.VideoFrame.from_ndarray(f, format="rgb24")
+            picture.pts, picture.time_base = t, Fraction(1, 1000)
+            t += 20 if i < 50 else 200
+            c.mux(s.encode(picture))
+        c.mux(s.encode(None))
+    src = open_source(vfr)
+    assert src.frame_count == 100 and len(list(src)) == 100
+
+    with_audio = tmp_path / "audio.mkv"
+    with av.open(str(with_audio), "w") as c:
+        v = c.add_stream("ffv1", rate=25)
+        v.width, v.height, v.pix_fmt = 32, 24, "bgr0"
+        a = c.add_stream("pcm_s16le", rate=8000)
+        for i, f in enumerate(random_frames(50, 24, 32)):  # 2 s of video
+            picture = av.VideoFrame.from_ndarray(f, format="rgb24")
+            picture.pts = i
+            c.mux(v.encode(picture))
+        c.mux(v.encode(None))
+        for k in range(10):  # 10 s of audio
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.pts = 8000, k * 8000
+            c.mux(a.encode(samples))
+        c.mux(a.encode(None))
+    src = open_source(with_audio)
+    assert src.frame_count == 50 and len(list(src)) == 50
 
 
 def test_mp4_with_index_at_the_end_cut_is_reported_when_opened(tmp_path):
