@@ -498,21 +498,21 @@ def _bench(args: argparse.Namespace) -> int:
     records = fb.bench(model, size, methods=names, frames=args.frames, device=device, batch=args.batch,
                        memory_budget=args.memory_budget, repeats=args.repeats, warmup=args.warmup,
                        method_options=options, progress=not args.quiet)
+    if outputs["plot"] is not None and all(r.skipped is not None for r in records):
+        raise InputError("nothing to plot: every method was skipped")
+    # Each file is written all or nothing. One that was written before another failed is complete
+    # and is kept (it may have replaced an earlier file: removing it would lose both); the error
+    # line says which were written.
     written: list[Path] = []
     try:
         for key, write in (("json", fb.to_json), ("csv", fb.to_csv)):
             if outputs[key] is not None:
                 written.append(write(records, outputs[key], info))
         if outputs["plot"] is not None:
-            if all(r.skipped is not None for r in records):
-                raise InputError("nothing to plot: every method was skipped")
             written.append(fb.plot(records, outputs["plot"], title=f"fastviz bench: {args.model} {size[0]}x{size[1]} on {device}"))
     except (OSError, FastvizError) as exc:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if isinstance(exc, FastvizError):
-            raise
-        raise InputError(f"cannot write output: {exc}") from None
+        done = f" ({', '.join(map(str, written))} written)" if written else ""
+        raise InputError(f"cannot write output: {_one_line(str(exc))}{done}") from None
     print(fb.table(records, info))
     return 0
 
@@ -550,14 +550,17 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.run(args)
     except FastvizError as exc:
-        print(f"fastviz: error: {_one_line(str(exc))}{_kept(exc)}", file=sys.stderr)
+        print(f"fastviz: error: {_one_line(_with_notes(exc))}{_kept(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except torch.OutOfMemoryError as exc:
-        print(f"fastviz: error: out of memory on {args.device}: try a smaller --batch{_kept(exc)}", file=sys.stderr)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not (isinstance(exc, MemoryError) or fastviz.scheduler.is_out_of_memory(exc)):
+            raise
+        print(f"fastviz: error: out of memory on {args.device} ({_one_line(str(exc))[:200]}): try a smaller "
+              f"--batch or --memory-budget{_kept(exc)}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, tempfiles.Terminated) as exc:
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {exc.signal_name}"
-        kept = _kept(exc)
+        kept = _kept(exc) + "".join(f"; {_one_line(str(n))}" for n in getattr(exc, "__notes__", ()))
         print(f"fastviz: {what}{kept if kept else '; no output written'}", file=sys.stderr)
         return tempfiles.exit_code(exc)
     finally:
@@ -565,12 +568,20 @@ def main(argv: list[str] | None = None) -> int:
             restore()
 
 
+def _with_notes(exc: BaseException) -> str:
+    """The message and its notes (``add_note``: e.g. why a partial output could not be kept)."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    return "; ".join([str(exc), *notes])
+
+
 def _kept(exc: BaseException) -> str:
-    """``"; kept N frames in PATH (--keep-partial)"`` for the partial outputs an error left, by request."""
-    kept = getattr(exc, "fastviz_kept", None)
-    if not kept:
-        return ""
-    return "; " + "; ".join(f"kept {n} frames in {path} (--keep-partial)" for path, n in kept)
+    """``"; kept N frames in PATH (--keep-partial)"`` for the partial outputs an error left, by request,
+    and ``"; PATH was written (N frames)"`` for a complete output written before a companion failed."""
+    kept = getattr(exc, "fastviz_kept", None) or []
+    written = getattr(exc, "fastviz_written", None) or []
+    parts = [f"kept {n} frames in {path} (--keep-partial)" for path, n in kept]
+    parts += [f"{path} was written ({n} frames)" for path, n in written]
+    return "".join(f"; {p}" for p in parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -261,6 +261,10 @@ def parse_input_size(value) -> tuple[int, int]:
             raise InputError(f"input size must be (height, width) or 'HxW', got {value!r}") from None
     if h < 1 or w < 1:
         raise InputError(f"input size must be positive, got {h}x{w}")
+    from .models.pilotnet import MAX_INPUT_SIDE
+
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise InputError(f"input size {h}x{w} is too large: at most {MAX_INPUT_SIDE} pixels a side")
     return h, w
 
 
@@ -689,7 +693,8 @@ def table(records: Sequence[BenchRecord], machine_info: dict | None = None) -> s
             _rate(r.model_evaluations_per_frame),
             "-" if r.peak_memory_bytes is None else f"{r.peak_memory_bytes / 2**20:.1f}",
         ])
-    widths = [max(len(head[i]), *(len(row[i]) for row in rows if len(row) == len(head) or i < 3)) for i in range(len(head))]
+    widths = [max([len(head[i]), *(len(row[i]) for row in rows if len(row) == len(head) or i < 3)])
+              for i in range(len(head))]
     lines = []
     if machine_info:
         lines.append(f"# cpu: {machine_info.get('cpu')}; gpu: {machine_info.get('gpu')}; "

@@ -131,8 +131,8 @@ def method_option_names(method: str) -> set[str] | None:
 
 def _check_scale(scale, height: int, width: int, layout: str) -> int:
     if scale is None:
-        return max(1, AUTO_SCALE_TARGET // max(height, width))
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        scale = max(1, AUTO_SCALE_TARGET // max(height, width))
+    elif isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise InputError(f"scale must be a whole number >= 1, got {scale!r}")
     panels = 3 if layout == "side-by-side" else 1
     longest = max(height * scale, width * scale * panels)
@@ -393,7 +393,8 @@ def write_overlay(
         if maps_path is not None:
             sinks[1] = MapsSink(maps_path, keep_partial=keep_partial)
         # the maps sink is outermost: the picture sink commits first, and if that fails the maps are
-        # discarded with it; if the maps then fail to commit, the pictures just committed are removed
+        # discarded with it; if the maps then fail to commit, the pictures stay (complete and checked,
+        # they may have replaced an earlier file: removing them would lose both) and the error says so
         with sinks[1] if sinks[1] is not None else _Nothing() as maps_sink:
             with sinks[0] as sink, tqdm(
                 total=total, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True, desc=method
@@ -412,24 +413,13 @@ def write_overlay(
             pictures_committed = True
     except BaseException as exc:
         if pictures_committed:  # only the maps' commit can fail after this
-            _remove_committed(sinks[0].path)
+            exc.fastviz_written = [(sinks[0].path, written)]  # type: ignore[attr-defined]
         _keep_note(exc, sinks)
         raise
     finally:
         batches.close()
     return OverlayResult(output=output, frames=written, seconds=time.perf_counter() - started, maps=maps_path,
                          method=method)
-
-
-def _remove_committed(path: Path) -> None:
-    """Remove an output this call has just committed (a file, or a folder of images), because a
-    companion output failed: all or nothing across the two."""
-    import shutil
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 class _Nothing:

@@ -379,3 +379,25 @@ def test_header_length_is_bounded(tmp_path):
     big = weights_file(tmp_path, note="x" * (fvm.MAX_HEADER_BYTES + 1))
     with pytest.raises(InputError, match="above the limit of 8 MiB"):
         fvm.load(big)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_occlusion_baseline_must_be_finite(value):
+    model = fv.models.PilotNet().eval()
+    x = torch.rand(1, 3, 66, 200)
+    with pytest.raises(InputError, match="baseline must be a finite number"):
+        fv.occlusion(model, x, baseline=value, windows=(32,), stride=32)
+
+
+def test_weights_whose_input_size_the_architecture_cannot_take(tmp_path):
+    path = weights_file(tmp_path, input_size="[100, 200]")
+    with pytest.raises(InputError, match=r"metadata 'input_size': PilotNet cannot take 100x200 inputs"):
+        fv.models.load(path)
+
+
+def test_weights_missing_a_tensor_name_it(tmp_path):
+    state = {k: v.contiguous() for k, v in PilotNet().state_dict().items() if k != "regressor.7.bias"}
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path), metadata={"architecture": "PilotNet"})
+    with pytest.raises(InputError, match=r"weights do not fit PilotNet: .*regressor\.7\.bias"):
+        fv.models.load(path)

@@ -534,3 +534,10 @@ def test_cli_bench_outputs_on_a_read_only_folder(tmp_path, capsys):
         line = one_error_line(capsys.readouterr().err)
         assert "b.json" in line and ("read-only" in line.lower() or "permission" in line.lower())
         assert list(folder.iterdir()) == []
+
+
+def test_cli_bench_every_method_skipped_prints_the_table(capsys):
+    """CAM does not apply to PilotNet: the table lists it as skipped (no traceback)."""
+    assert cli.main(["bench", "--methods", "cam", "--frames", "1", "--repeats", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "cam" in out and "skipped" in out

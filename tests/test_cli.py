@@ -327,7 +327,7 @@ def test_error_messages_name_the_problem(assets, tmp_path, out_dir, capsys):
         "truncated video": "truncated",
         "unknown model": "no-such-model",
         "unknown method": "no_such_method",
-        "model cannot take the frames": "cannot take frames of shape (96, 96, 3)",
+        "model cannot take the frames": "cannot take 32x32 inputs",
         "option of another method": "--layer",
         "weights asking for a huge input": "input_size",
         "weights with a bad crop": "crop",

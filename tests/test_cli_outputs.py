@@ -293,13 +293,33 @@ def test_stale_temporary_of_a_killed_run_is_removed(tmp_path, out_dir, capsys):
     assert sorted(p.name for p in out_dir.iterdir()) == ["o.mp4"]
 
 
-def test_maps_failing_at_commit_removes_the_video_just_written(tmp_path, out_dir, capsys):
+def test_maps_failing_at_commit_keep_the_video_and_say_so(tmp_path, out_dir, capsys):
     """The maps stream to a scratch file that fits the small disk; the .npz written from it at the
-    end does not. The video, already committed in another folder, is removed: all or nothing."""
+    end does not. The video, committed first in another folder, is complete: it stays (removing it
+    would also lose the file it replaced), and the one error line says it was written."""
     with full_disk(tmp_path / "small", size="300k") as folder:
         # 8 maps of 66 x 200 float16: 211 KB of scratch, then 211 KB more for the .npz
         argv = ["-o", str(out_dir / "o.mp4"), "--save-maps", str(folder / "m.npz"), "--max-frames", "8", "-q"]
         assert overlay(*argv) == 2
-        assert "m.npz" in one_error_line(capsys.readouterr().err)
+        line = one_error_line(capsys.readouterr().err)
+        assert "m.npz" in line and f"{out_dir / 'o.mp4'} was written (8 frames)" in line
         assert list(folder.iterdir()) == []
+    assert decode_all(out_dir / "o.mp4").shape[0] == 8
+
+
+def test_an_existing_output_survives_a_failed_run(out_dir, capsys):
+    """A run that fails leaves the file already at the output's name as it was."""
+    out = out_dir / "o.mp4"
+    out.write_bytes(b"an earlier overlay")
+    assert overlay("-o", str(out), "--method", "occlusion", "--baseline", "nan", "--max-frames", "1") == 2
+    assert "baseline" in one_error_line(capsys.readouterr().err)
+    assert out.read_bytes() == b"an earlier overlay" and list(out_dir.iterdir()) == [out]
+
+
+def test_automatic_scale_is_bounded_too(tmp_path, out_dir, capsys):
+    """Without --scale the picture limit still holds: a very wide video side by side is refused."""
+    wide = tmp_path / "wide.mkv"
+    write_ffv1(wide, np.zeros((2, 16, 3000, 3), np.uint8))
+    assert overlay(str(wide), "-o", str(out_dir / "o.mp4"), "--layout", "side-by-side") == 2
+    assert "8192" in one_error_line(capsys.readouterr().err)
     assert list(out_dir.iterdir()) == []

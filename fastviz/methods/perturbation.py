@@ -168,6 +168,8 @@ def make_baseline(baseline, x: torch.Tensor, blur_sigma: float | None = None) ->
     if isinstance(baseline, bool):
         raise InputError(f"baseline must be a number, 'mean', 'blur' or a tensor, got {baseline!r}")
     if isinstance(baseline, (int, float)):
+        if not math.isfinite(baseline):
+            raise InputError(f"baseline must be a finite number, got {baseline!r}")
         return float(baseline)
     if isinstance(baseline, str):
         if baseline == "mean":

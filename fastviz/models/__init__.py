@@ -260,9 +260,16 @@ def load(name_or_path: str | os.PathLike = "pilotnet-carracing", device: torch.d
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"cannot read model weights {path}: {exc}") from None
     model = _ARCHITECTURES[arch](preprocess=transform)
+    if hasattr(model, "feature_size") and model.feature_size(*transform.size) != (1, 18):
+        h, w = transform.size
+        raise InputError(
+            f"{path}: metadata 'input_size': {arch} cannot take {h}x{w} inputs (its regressor needs the last "
+            f"conv to give 1x18, as 66x200 does; {h}x{w} gives {'x'.join(map(str, model.feature_size(h, w)))})"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{path}: weights do not fit {arch}: {first}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[1:] or lines)  # the first line only says "Error(s) in loading state_dict"
+        raise InputError(f"{path}: weights do not fit {arch}: {detail}") from None
     return model.to(device).eval()

@@ -241,6 +241,17 @@ class PilotNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.regressor(self.features(x * 2.0 - 1.0))
 
+    def feature_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of the last conv's output for a ``height x width`` input (conv arithmetic, no
+        forward pass); the regressor takes exactly 1 x 18, i.e. inputs of 66 x 200 (and the few sizes
+        that round to the same)."""
+        for conv in self.features:
+            if isinstance(conv, nn.Conv2d):
+                (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+                height = (height + 2 * ph - kh) // sh + 1
+                width = (width + 2 * pw - kw) // sw + 1
+        return height, width
+
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB frames ``(N, H, W, 3)`` -> float32 ``(N, 3, 66, 200)`` in [0, 1] on the
         model's device. See :class:`FramePreprocess` (grayscale frames are converted with a
