@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import itertools
 import math
 import os
@@ -545,6 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     from . import tempfiles
 
     restore = tempfiles.install_signal_handlers() if threading.current_thread() is threading.main_thread() else None
+    # fastviz's log warnings (a budget below the need, ...) as one line each, like Python warnings
+    logger = logging.getLogger("fastviz")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("fastviz: warning: %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -564,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastviz: {what}{kept if kept else '; no output written'}", file=sys.stderr)
         return tempfiles.exit_code(exc)
     finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
         if restore is not None:
             restore()
 

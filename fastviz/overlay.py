@@ -24,9 +24,10 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,6 @@ class OverlayResult:
         The ``.npz`` of raw maps, when asked for.
     method : str
         The method used.
-    warnings : list of str
-        One-line notes on the run (empty for a clean run).
     """
 
     output: Path
@@ -86,7 +85,6 @@ class OverlayResult:
     seconds: float
     maps: Path | None = None
     method: str = DEFAULT_METHOD
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def frames_per_s(self) -> float:
@@ -229,7 +227,7 @@ def write_overlay(
     source : path, optional
         A video file, an image folder or one image (:func:`fastviz.video.open_source`); ``None``:
         the bundled held-out drive log. A video with a drive-log ``.csv`` beside it (column
-        ``steering_rad``) gives the recorded steering for the gauge and the maps file.
+        ``steering_rad``) gives the recorded steering for the gauge.
     model : nn.Module
         With ``.preprocess(frames)`` (uint8 ``(N, H, W, 3)`` RGB -> float ``(N, C, h, w)``) and
         ``.transform.region(H, W)``, e.g. :func:`fastviz.models.load`. Not used (may be ``None``)
@@ -308,6 +306,13 @@ def write_overlay(
         codec_for(output)  # an unknown extension fails before any work
     if not output.parent.is_dir():
         raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
+    if folder_output and output.is_dir():
+        # the images are written into a new folder renamed onto this one at the end, which cannot
+        # replace a mount point or the current folder: say so now, before any work
+        if os.path.ismount(output) or output.resolve() == Path.cwd().resolve():
+            what = "a mount point" if os.path.ismount(output) else "the current folder"
+            raise InputError(f"cannot write images to {output}: it is {what}; name a new folder inside it, "
+                             f"e.g. {output / 'frames'}/")
     if layout not in rd.LAYOUTS:
         raise InputError(f"unknown layout {layout!r} (known: {', '.join(rd.LAYOUTS)})")
     if method != BACKPROJECTION and model is None:
@@ -330,7 +335,7 @@ def write_overlay(
     height, width = source.shape[:2]
     region = (0, height, 0, width) if model is None else model.transform.region(height, width)
     scale = _check_scale(scale, height, width, layout)
-    recorded = _recorded_steering(source) if (gauge or maps_path is not None) else None
+    recorded = _recorded_steering(source) if gauge else None
     want_prediction = gauge or maps_path is not None
 
     def explain(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -35,6 +35,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from fractions import Fraction
@@ -275,6 +276,9 @@ class VideoFileSource(FrameSource):
         if first is None:
             raise InputError(f"video {path} holds no decodable frame (empty or corrupt)")
         self.shape = (int(first.height), int(first.width), 3)
+        if str(first.format.name).startswith(("gray", "ya8", "ya16")):
+            warnings.warn(f"video {path} is grayscale ({first.format.name}): its frames are converted to RGB",
+                          stacklevel=2)
         container_fps = float(rate) if rate else 0.0
         if fps is None:
             fps = container_fps if math.isfinite(container_fps) and container_fps > 0 else DEFAULT_FPS
@@ -377,6 +381,9 @@ class ImageFolderSource(FrameSource):
         self.frame_count = len(files)
         first = self._read(files[0])
         self.shape = (int(first.shape[0]), int(first.shape[1]), 3)
+        raw = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        if raw is not None and (raw.ndim == 2 or raw.shape[2] == 1):
+            warnings.warn(f"grayscale images ({files[0].name}, ...) in {path} are converted to RGB", stacklevel=2)
 
     @staticmethod
     def _read(file: Path) -> np.ndarray:

@@ -323,3 +323,49 @@ def test_automatic_scale_is_bounded_too(tmp_path, out_dir, capsys):
     assert overlay(str(wide), "-o", str(out_dir / "o.mp4"), "--layout", "side-by-side") == 2
     assert "8192" in one_error_line(capsys.readouterr().err)
     assert list(out_dir.iterdir()) == []
+
+
+def test_grayscale_inputs_are_converted_with_one_warning_line(tmp_path, out_dir, capsys):
+    import av
+
+    gray = tmp_path / "gray.mkv"
+    with av.open(str(gray), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = 96, 96, "gray"
+        for i in range(2):
+            picture = av.VideoFrame.from_ndarray(np.full((96, 96), 100 + i, np.uint8), format="gray")
+            picture.pts = i
+            c.mux(s.encode(picture))
+        c.mux(s.encode(None))
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"f{i}.png"), np.full((96, 96), 100, np.uint8))
+    for source, name in ((gray, "gray.mkv"), (folder, "f0.png")):
+        assert overlay(str(source), "-o", str(out_dir / f"o{name}.mp4"), "-q") == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fastviz: warning: ") and "grayscale" in err[0] and name in err[0], err
+
+
+def test_image_folder_output_onto_the_current_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert overlay("-o", ".", "--max-frames", "1", "-q") == 2
+    assert "current folder" in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_log_warnings_are_one_line(out_dir, capsys):
+    assert overlay("-o", str(out_dir / "o.mp4"), "--max-frames", "2", "--memory-budget", "1", "-q") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and all(line.startswith("fastviz: warning: ") for line in err), err
+    assert any("budget" in line for line in err)
+
+
+def test_steering_file_with_non_finite_values_is_named(tmp_path, out_dir, capsys):
+    frames = fastviz.data.load_drive_log().frames[:3]
+    log = write_ffv1(tmp_path / "log.mkv", frames, fps=50.0)
+    (tmp_path / "log.csv").write_text("frame,time_s,steering_rad\n0,0,0.1\n1,0.02,1e308\n2,0.04,nan\n")
+    assert overlay(str(log), "-o", str(out_dir / "o.mp4"), "--gauge", "-q") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "log.csv" in line and "not finite" in line and "lines 3, 4" in line
+    assert list(out_dir.iterdir()) == []

@@ -146,7 +146,8 @@ def test_load_drive_log_truncated_video(tmp_path, small_frames):
     [
         ("frame,time_s,steer\n" + "".join(f"{i},0,0\n" for i in range(6)), "no 'steering_rad' column"),
         ("frame,time_s,steering_rad\n" + "".join(f"{i},0,left\n" for i in range(6)), "non-numeric"),
-        ("", "no 'steering_rad' column"),
+        ("", "holds no rows"),
+        ("frame,time_s,steering_rad\n", "holds no rows"),
     ],
 )
 def test_load_drive_log_bad_csv(tmp_path, small_frames, text, match):

@@ -88,12 +88,19 @@ def read_steering(video: str | os.PathLike, n_frames: int | None = None) -> np.n
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read steering file {path}: {exc}") from None
-    if not rows or "steering_rad" not in rows[0]:
+    if not rows:
+        raise InputError(f"steering file {path} holds no rows")
+    if "steering_rad" not in rows[0]:
         raise InputError(f"steering file {path} has no 'steering_rad' column")
     try:
-        steering = np.array([float(r["steering_rad"]) for r in rows], dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e308 becomes inf in float32: reported below
+            steering = np.array([float(r["steering_rad"]) for r in rows], dtype=np.float64).astype(np.float32)
     except (TypeError, ValueError) as exc:
         raise InputError(f"steering file {path}: non-numeric steering value ({exc})") from None
+    bad = np.flatnonzero(~np.isfinite(steering))
+    if bad.size:
+        rows = ", ".join(str(i + 2) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise InputError(f"steering file {path}: {bad.size} steering values are not finite numbers (lines {rows})")
     if n_frames is not None and steering.shape[0] != n_frames:
         raise InputError(f"steering file {path} has {steering.shape[0]} rows but the video has {n_frames} frames")
     return steering
