@@ -85,6 +85,8 @@ _ENCODER_SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
     "libx264": ("yuv420p", {"preset": "veryfast"}),  # 2x faster than "medium", ~6% larger (measured)
     "ffv1": ("bgr0", {}),  # packed RGB: lossless for RGB frames (yuv would round)
     "mjpeg": ("yuvj420p", {"qmin": "2", "qmax": "2"}),  # like `ffmpeg -q:v 2`
+    # x265 prints its own banner and statistics on stderr unless told otherwise
+    "libx265": ("yuv420p", {"x265-params": "log-level=error"}),
 }
 
 #: Frames per second assumed for image folders, and for videos whose container does not say.
@@ -447,7 +449,9 @@ def open_source(path: str | os.PathLike | None = None, *, fps: float | None = No
     if not path.exists():
         raise InputFileNotFoundError(f"input not found: {path}")
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        # hidden files (macOS's "._x.png" resource forks, editors' backups) are not frames
+        files = [p for p in path.iterdir()
+                 if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
         if not files:
             raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files.sort(key=lambda p: natural_key(p.name))

@@ -369,3 +369,19 @@ def test_steering_file_with_non_finite_values_is_named(tmp_path, out_dir, capsys
     line = one_error_line(capsys.readouterr().err)
     assert "log.csv" in line and "not finite" in line and "lines 3, 4" in line
     assert list(out_dir.iterdir()) == []
+
+
+def test_x265_keeps_the_console_quiet(out_dir, capfd):
+    """x265 writes its banner straight to file descriptor 2 unless told its log level."""
+    assert overlay("-o", str(out_dir / "o.mkv"), "--codec", "libx265", "--max-frames", "2", "-q") == 0
+    assert capfd.readouterr().err == ""
+
+
+def test_hidden_files_in_an_image_folder_are_not_frames(tmp_path, out_dir, capsys):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"f{i}.png"), np.zeros((96, 96, 3), np.uint8))
+    (folder / "._f0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    assert overlay(str(folder), "-o", f"{out_dir / 'frames'}/", "-q", "--no-legend") == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out_dir / "frames").iterdir()) == ["frame_000000.png", "frame_000001.png"]
