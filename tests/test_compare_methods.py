@@ -239,3 +239,18 @@ def test_script_end_to_end(cm, tmp_path):
     with pytest.raises(SystemExit, match="other frames"):
         cm.main(["--frames-every", "700", "--methods", "saliency", "--out-json", str(again),
                  "--out-md", str(tmp_path / "d.md"), "--load-maps", str(tmp_path / "m.npz")])
+
+
+def test_overlay_default_is_the_measured_recommendation():
+    """``fastviz overlay``'s default method is the one the recorded measurement recommends
+    (re-run scripts/compare_methods.py and update both together)."""
+    import json
+    from pathlib import Path
+
+    from fastviz.cli import build_parser
+    from fastviz.overlay import DEFAULT_METHOD
+
+    doc = json.loads((Path(__file__).parents[1] / "docs" / "method-choice.json").read_text())
+    assert doc["recommendation"]["method"] == DEFAULT_METHOD
+    assert doc["recommendation"]["options"] == {}
+    assert build_parser().parse_args(["overlay", "-o", "x.mp4"]).method == DEFAULT_METHOD
