@@ -475,7 +475,28 @@ class _PRead(io.RawIOBase):
 # --------------------------------------------------------------------------- files
 
 
-class AtomicFile:
+class _Transaction:
+    """A ``with`` block that commits when it ends normally and discards on any exception
+    (``KeyboardInterrupt`` and :class:`Terminated` included), which then propagates."""
+
+    def commit(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def discard(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+        return False
+
+
+class AtomicFile(_Transaction):
     """An output file written under an exclusive temporary name and renamed when complete.
 
     Creating it removes stale temporaries of the same output (:func:`remove_stale`) and creates
@@ -698,16 +719,6 @@ class AtomicFile:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-        return False
-
     def __repr__(self) -> str:
         return f"AtomicFile(final={str(self.final)!r}, path={str(getattr(self, 'path', ''))!r})"
 
@@ -737,7 +748,7 @@ def atomic_output(
 # --------------------------------------------------------------------------- folders
 
 
-class AtomicFolder:
+class AtomicFolder(_Transaction):
     """An output folder built under an exclusive temporary name and renamed when complete.
 
     The temporary folder ``.NAME.fastviz-tmp-<pid>-<random>`` is made with ``mkdir`` (which
@@ -901,16 +912,6 @@ class AtomicFolder:
             _remove_path(str(self.path))
         finally:
             _unregister(str(self.path))
-
-    def __enter__(self) -> AtomicFolder:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-        return False
 
     def __repr__(self) -> str:
         return f"AtomicFolder(final={str(self.final)!r}, path={str(self.path)!r})"
