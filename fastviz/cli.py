@@ -23,18 +23,14 @@ Warnings (grayscale frames converted, frames squashed to the model's aspect rati
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
-import itertools
 import math
 import os
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import fastviz
@@ -390,24 +386,17 @@ _METHOD_OPTIONS = {
 
 
 def _method_options(args: argparse.Namespace) -> dict:
-    """The method keywords given on the command line, checked against the method's signature."""
-    try:
-        if args.method == BACKPROJECTION:
-            from .methods.backprojection import backprojection_maps as method
-        else:
-            from .methods.registry import get
+    """The method keywords given on the command line, checked against the method's signature
+    (:func:`fastviz.overlay.method_option_names`)."""
+    from .overlay import method_option_names
 
-            method = get(args.method)
-        params = dict(inspect.signature(method).parameters)
-    except (ImportError, TypeError, ValueError):  # no signature to check against: pass options on
-        params = {}
-    takes_any = not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = method_option_names(args.method)  # None: the method takes any keyword
     opts = {}
     for option, keyword in _METHOD_OPTIONS.items():
         value = getattr(args, option)
         if value is None:
             continue
-        if keyword not in params and not takes_any:
+        if accepted is not None and keyword not in accepted:
             raise InputError(f"--{option.replace('_', '-')} does not apply to method {args.method!r}")
         opts[keyword] = value
     return opts

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import math
 import os
 import sys
 import time
@@ -344,8 +343,8 @@ def write_overlay(
 
             return backprojection_maps(frames, **options), None
         x = model.preprocess(frames)
+        maps = fastviz.explain(model, x, method=method, **options)  # checks x first
         prediction = _predict(model, x) if want_prediction else None
-        maps = fastviz.explain(model, x, method=method, **options)
         return maps.detach().float().cpu().numpy(), prediction
 
     batches = source.batches(batch, max_frames=max_frames)
@@ -355,16 +354,7 @@ def write_overlay(
     try:
         first_started = time.time()
         first = next(batches)
-        if model is not None:
-            x = model.preprocess(first)
-            try:
-                with torch.no_grad():
-                    model(x)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as exc:
-                line = "; ".join(s.strip() for s in str(exc).strip().splitlines() if s.strip())
-                raise InputError(f"the model cannot take frames of shape {tuple(first.shape[1:])}: {line}") from None
+        # frames the model cannot take are named by the method's own input check (before the model runs)
         first_maps, first_prediction = explain(first)
         if gauge and first_prediction is None:
             raise InputError("the steering gauge needs a model with a single output (a steering angle)")

@@ -401,3 +401,19 @@ def test_weights_missing_a_tensor_name_it(tmp_path):
     save_file(state, str(path), metadata={"architecture": "PilotNet"})
     with pytest.raises(InputError, match=r"weights do not fit PilotNet: .*regressor\.7\.bias"):
         fv.models.load(path)
+
+
+def test_check_finite_accepts_finite_values_whose_sum_overflows():
+    """The fast path sums x; finite values that overflow the sum are settled element by element."""
+    from fastviz.hooks import check_finite
+
+    x = torch.full((2, 3, 4, 4), 3e38)
+    assert not torch.isfinite(x.sum())
+    check_finite(x)  # no error
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"NaN values in 1 of its 2 frames \(indices along B: 1\)"):
+        check_finite(x)
+    x[1, 0, 0, 0] = -float("inf")
+    x[0, 2, 3, 3] = float("inf")
+    with pytest.raises(InputError, match=r"Inf values in 2 of its 2 frames \(indices along B: 0, 1\)"):
+        check_finite(x)
