@@ -11,6 +11,7 @@ Which pixels of this frame drove this output? ``fastviz`` answers with saliency 
 """
 
 from . import data, errors, kernels, models, render, scheduler, targets, tempfiles, video
+from . import audit
 from .costs import bench
 from .methods import (
     backprojection,
@@ -30,6 +31,7 @@ from .methods import (
 from .overlay import write_overlay
 
 __all__ = [
+    "audit",
     "backprojection",
     "bench",
     "cam",

@@ -2,6 +2,9 @@
 
 ``fastviz bench``: what each saliency method costs on a model (:mod:`fastviz.costs`, :func:`fastviz.bench`).
 
+``fastviz audit [INPUT ...] -o STORE.zarr``: a resumable audit store of maps, predictions,
+faithfulness metrics and the sanity check (:mod:`fastviz.audit.cli`, :func:`fastviz.audit`).
+
 ``fastviz overlay [INPUT] -o OUTPUT``: saliency video (or PNG images) of a drive log, video file
 or image folder (default: the bundled held-out CarRacing log) through a model (default: the
 bundled ``pilotnet-carracing``) with a saliency method (default:
@@ -371,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--plot", metavar="FILE.png", help="write a bar chart of ms per frame (log scale) as PNG")
     bn.add_argument("-q", "--quiet", action="store_true", help="no progress bars on stderr")
     bn.set_defaults(run=_bench)
+
+    from .audit import cli as audit_cli
+
+    audit_cli.add_parser(commands, sys.modules[__name__])
     return parser
 
 

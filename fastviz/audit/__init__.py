@@ -1,0 +1,58 @@
+"""Audits at scale: every frame of a dataset through saliency methods, faithfulness metrics and
+sanity checks, into a resumable Zarr v3 store.
+
+``fastviz.audit`` is both this package and a function: ``fv.audit(store, inputs, ...)`` runs
+:func:`fastviz.audit.run.audit`.
+
+* :mod:`~fastviz.audit.run`: the driver (:func:`audit`) and the summary table (:func:`summary`);
+* :mod:`~fastviz.audit.store`: the store's layout, commit protocol and resume (:func:`open_store`
+  to read one);
+* :mod:`~fastviz.audit.metrics`: deletion and insertion curves (Petsiuk et al., BMVC 2018),
+  adapted to regression, and map statistics;
+* :mod:`~fastviz.audit.sanity`: the model-parameter randomisation test (Adebayo et al., NeurIPS
+  2018);
+* :mod:`~fastviz.audit.sources`: the inputs (drive logs, videos, image folders, lists of them).
+
+>>> import fastviz as fv                                                # doctest: +SKIP
+>>> result = fv.audit("audit.zarr", max_frames=64)                       # doctest: +SKIP
+>>> print(result.summary())                                              # doctest: +SKIP
+>>> store = fv.audit.open_store("audit.zarr")                            # doctest: +SKIP
+>>> store["metrics/occlusion/deletion_auc"][:]                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from . import metrics, sanity, sources, store
+from .run import DEFAULT_BATCH, DEFAULT_CHUNK, DEFAULT_METHODS, AuditResult, audit, summary, weights_sha256
+from .store import FORMAT, is_store, open_store
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_CHUNK",
+    "DEFAULT_METHODS",
+    "FORMAT",
+    "AuditResult",
+    "audit",
+    "is_store",
+    "metrics",
+    "open_store",
+    "sanity",
+    "sources",
+    "store",
+    "summary",
+    "weights_sha256",
+]
+
+
+class _AuditModule(types.ModuleType):
+    """This package, callable as :func:`audit` (so ``fv.audit(...)`` runs an audit and
+    ``fv.audit.open_store`` reads one)."""
+
+    def __call__(self, *args, **kwargs) -> AuditResult:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _AuditModule

@@ -1,0 +1,95 @@
+"""``fastviz audit``: the command line of :func:`fastviz.audit.audit`.
+
+``fastviz audit [INPUT ...] -o STORE.zarr``: every frame of the inputs (default: the bundled
+held-out drive log) through the methods (default: occlusion, Grad-CAM, VisualBackProp), with
+deletion/insertion metrics, into a Zarr v3 store; then the model-randomisation sanity check and
+a summary table on stdout. Run the same command again after an interruption (Ctrl-C, SIGTERM,
+``kill -9``) to resume: finished chunks are kept and only the rest is computed. A store started
+with other inputs, model or options is refused with one line naming the difference, unless
+``--overwrite``. Inputs that are corrupt or truncated are skipped with a warning line and recorded
+in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands, types) -> argparse.ArgumentParser:
+    """Add the ``audit`` subcommand to ``commands`` (argparse subparsers); ``types`` is the CLI
+    module, whose argument types are shared."""
+    from .run import DEFAULT_BATCH, DEFAULT_CHUNK, DEFAULT_METHODS
+    from .metrics import DEFAULT_STEPS
+    from .sanity import DEFAULT_SAMPLE, DEFAULT_THRESHOLD
+
+    import fastviz
+
+    au = commands.add_parser(
+        "audit",
+        help="audit a model over drive logs, videos or image folders into a resumable Zarr store",
+        description=(
+            "Compute, for every frame, each method's raw saliency map, the model's prediction, deletion and insertion "
+            "AUCs against a random pixel order (RISE, Petsiuk et al. 2018, adapted to regression) and map "
+            "statistics, and write them to a Zarr v3 store chunk by chunk; then run the model-parameter "
+            "randomisation sanity check (Adebayo et al. 2018) on a sample and print a summary. INPUT: drive logs "
+            "(video + .csv of steering_rad: the recorded steering is the truth), video files, image folders, or "
+            ".txt files listing them, one per line; none: the bundled held-out CarRacing log. Run the same "
+            "command again to resume an interrupted audit; the store's layout is in the README."
+        ),
+    )
+    au.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs (default: the bundled drive log)")
+    au.add_argument("-o", "--output", required=True, metavar="STORE.zarr", help="the store folder to create or resume")
+    au.add_argument("--model", default="pilotnet-carracing", metavar="NAME|PATH",
+                    help=f"bundled model ({', '.join(fastviz.models.available())}) or a .safetensors file "
+                    "(default: %(default)s)")
+    au.add_argument("--methods", type=types._method_list, default=list(DEFAULT_METHODS), metavar="A,B,...",
+                    help=f"methods to audit (default: {','.join(DEFAULT_METHODS)}; registered: "
+                    f"{', '.join(fastviz.methods())})")
+    au.add_argument("--batch", type=types._positive_int, default=DEFAULT_BATCH, metavar="N",
+                    help="frames per method call (default: %(default)s)")
+    au.add_argument("--chunk", type=types._positive_int, default=DEFAULT_CHUNK, metavar="N",
+                    help="frames per store chunk, the unit committed at once (default: %(default)s)")
+    au.add_argument("--device", default="cpu", metavar="cpu|cuda", help="torch device (default: %(default)s)")
+    au.add_argument("--memory-budget", type=types._memory_budget, metavar="X",
+                    help="memory a chunk of forward work may use: 512MiB, 8GiB, bytes or a fraction of free memory; "
+                    "fixed in the store when it is created")
+    au.add_argument("--max-frames", type=types._positive_int, metavar="N", help="audit the first N frames only")
+    au.add_argument("--steps", type=types._positive_int, default=DEFAULT_STEPS, metavar="S",
+                    help="points of the deletion/insertion curves minus one (default: %(default)s)")
+    au.add_argument("--sanity-frames", type=_non_negative_int, default=DEFAULT_SAMPLE, metavar="K",
+                    help="frames in the randomisation check's sample, 0 to skip it (default: %(default)s)")
+    au.add_argument("--sanity-threshold", type=types._unit_float, default=DEFAULT_THRESHOLD, metavar="R",
+                    help="a method fails the check when |rank correlation| >= R (default: %(default)s)")
+    au.add_argument("--overwrite", action="store_true",
+                    help="start again when STORE is an audit store with other settings (or complete)")
+    au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(run=run)
+    return au
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the audit the arguments describe; print the summary. Returns 0."""
+    from .run import audit
+
+    result = audit(
+        args.output, args.inputs or None, model=args.model, methods=args.methods, batch=args.batch,
+        chunk=args.chunk, device=args.device, memory_budget=args.memory_budget, max_frames=args.max_frames,
+        steps=args.steps, sanity_frames=args.sanity_frames, sanity_threshold=args.sanity_threshold,
+        overwrite=args.overwrite, progress=not args.quiet,
+    )
+    what = "nothing left to compute" if result.computed == 0 else f"{result.computed} frames computed"
+    print(result.summary())
+    print(f"fastviz: audit of {result.frames} frames ({what}) in {result.seconds:.1f} s -> {result.path}")
+    return 0
