@@ -331,7 +331,8 @@ def audit(
         "model": {"name": model_name, "weights_sha256": weights},
         "input_size": list(size),
         "methods": names,
-        "options": {m: {k: _jsonable(v) for k, v in o.items()} for m, o in method_options.items()},
+        "options": {m: {k: _jsonable(v) for k, v in o.items() if k != "memory_budget"}
+                    for m, o in method_options.items()},
         "metrics": {"steps": int(steps), "baseline": "blur", "order": "abs", "random_seed": int(random_seed)},
         "chunk": int(chunk),
         "batch": int(batch),

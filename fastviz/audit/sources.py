@@ -248,13 +248,15 @@ class FrameReader:
         self.close()
         return False
 
-    def _frames(self, k: int, start: int, stop: int) -> tuple[list[np.ndarray], int]:
+    def _frames(self, k: int, start: int, stop: int) -> list[np.ndarray]:
         """Frames ``start .. stop`` of source ``k`` (fewer if it fails; the failure is recorded)."""
         from ..video import open_source
 
         src = self.sources[k]
-        if src.frames_read is not None:  # failed part-way before: nothing from there on
-            return [], src.frames_read
+        if src.frames_read is not None:  # failed part-way (now or in an earlier run): nothing from there on
+            stop = min(stop, src.frames_read)
+            if start >= stop:
+                return []
         if self._open is None or self._open[0] != k or self._next > start:
             self.close()
             self._open, self._next = (k, iter(open_source(src.path))), 0
@@ -270,7 +272,7 @@ class FrameReader:
             self._fail(k, f"ended after {self._next} of its {src.frames} frames")
         except FastvizError as exc:
             self._fail(k, str(exc))
-        return frames, src.frames_read if src.frames_read is not None else stop
+        return frames
 
     def _fail(self, k: int, message: str) -> None:
         src = self.sources[k]
@@ -292,7 +294,7 @@ class FrameReader:
             sel = np.flatnonzero(source == k)
             src = self.sources[k]
             start, stop = int(index[sel[0]]), int(index[sel[-1]]) + 1
-            frames, _ = self._frames(int(k), start, stop)
+            frames = self._frames(int(k), start, stop)
             got = sel[: len(frames)]
             ok[got] = True
             if src.times is not None:

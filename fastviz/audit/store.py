@@ -52,8 +52,8 @@ file to a temporary name and renames it), then its ``progress/done`` element: a 
 done is complete, and a chunk not marked is recomputed on resume. ``kill -9`` at any moment
 loses at most the chunk in progress; leftover ``*.partial`` files of interrupted writes are
 removed when the store is next opened for writing. Completion (``complete``, ``completed``,
-``sanity``) is recorded last. One process writes a store at a time (an advisory lock on
-``.fastviz-lock`` inside it).
+``sanity``) is recorded last. One process writes a store at a time (an advisory ``flock`` on
+the store's folder).
 """
 
 from __future__ import annotations
@@ -78,7 +78,6 @@ __all__ = ["FORMAT", "AuditStore", "describe_difference", "is_store", "now", "op
 #: The ``fastviz.format`` attribute of an audit store of this layout.
 FORMAT = "fastviz.audit/1"
 
-_LOCK = ".fastviz-lock"
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
@@ -300,7 +299,9 @@ class AuditStore:
     # ------------------------------------------------------------------ lock
 
     def __enter__(self) -> AuditStore:
-        fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        # an advisory lock on the store's folder itself (its inode never changes; zarr.json is
+        # replaced on every attribute update), released by the kernel when the process dies
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
