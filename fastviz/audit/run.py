@@ -367,28 +367,39 @@ def audit(
 
         fns = {m: functools.partial(_explain, method=m, options=method_options[m]) for m in names}
         done_frames = int(sum(st.chunk_range(int(c))[1] - st.chunk_range(int(c))[0] for c in np.flatnonzero(done)))
-        with FrameReader(sources, model.preprocess, on_failure=record_failure) as reader, tqdm(
-            total=total, initial=done_frames, unit="frame", file=sys.stderr, disable=not progress,
-            dynamic_ncols=True, desc="audit",
-        ) as bar:
-            for c in todo:
-                c = int(c)
-                g0, g1 = st.chunk_range(c)
-                arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
-                                random_seed=random_seed, budget=budget, size=size)
-                st.write_chunk(c, arrays)
-                computed += g1 - g0
-                done_frames += g1 - g0
-                bar.update(g1 - g0)
-                if on_chunk is not None:
-                    on_chunk(c, done_frames)
+        chunks_done = int(done.sum())
+        try:
+            with FrameReader(sources, model.preprocess, on_failure=record_failure) as reader, tqdm(
+                total=total, initial=done_frames, unit="frame", file=sys.stderr, disable=not progress,
+                dynamic_ncols=True, desc="audit",
+            ) as bar:
+                for c in todo:
+                    c = int(c)
+                    g0, g1 = st.chunk_range(c)
+                    arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
+                                    random_seed=random_seed, budget=budget, size=size)
+                    st.write_chunk(c, arrays)
+                    chunks_done += 1
+                    computed += g1 - g0
+                    done_frames += g1 - g0
+                    bar.update(g1 - g0)
+                    if on_chunk is not None:
+                        on_chunk(c, done_frames)
 
-        sanity = st.attrs.get("sanity")
-        if sanity is None and sanity_frames > 0:
-            sanity = _sanity(st, model, sources, fns, names, sanity_frames, sanity_seeds, sanity_threshold)
-            st.update(sanity=sanity)
-        if not st.attrs.get("complete"):
-            st.update(complete=True, completed=now())
+            sanity = st.attrs.get("sanity")
+            if sanity is None and sanity_frames > 0:
+                sanity = _sanity(st, model, sources, fns, names, sanity_frames, sanity_seeds, sanity_threshold)
+                st.update(sanity=sanity)
+            if not st.attrs.get("complete"):
+                st.update(complete=True, completed=now())
+        except BaseException as exc:
+            n_chunks = len(done)
+            if chunks_done < n_chunks:
+                what = f"{chunks_done} of {n_chunks} chunks are done and kept"
+            else:
+                what = "every chunk is done; the sanity check is not recorded yet"
+            exc.add_note(f"audit store {store}: {what}; run the same command again to resume")
+            raise
     failed = [{"path": s.path, "error": s.error} for s in sources if s.error is not None]
     return AuditResult(path=store, frames=total, computed=computed, seconds=time.perf_counter() - started,
                        complete=True, sanity=(sanity or {}).get("methods", {}), failed=failed)
