@@ -49,7 +49,7 @@ from .. import scheduler
 from ..errors import InputError
 from ..hooks import check_input, model_guard
 from ..methods.perturbation import _fast_layout, make_baseline
-from ..targets import as_target, bind, evaluate
+from ..targets import as_target, bind, evaluate, for_rows
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -254,10 +254,11 @@ def perturbation_curves(
             out = model(x[r0:r1])
             if "target" not in state:
                 state["target"] = as_target(target, out)
-            choice = bind(state["target"], out)  # per-frame choices (a classifier's top class) on the clean frame
+            part = for_rows(state["target"], r0, r1)  # a per-frame class list, cut to these frames
+            choice = bind(part, out)  # per-frame choices (a classifier's top class) on the clean frame
             if choice is not None:
                 state.setdefault("choice", choice.new_empty(b))[r0:r1] = choice
-            clean[r0:r1] = evaluate(state["target"], out, choice, r1 - r0).float()
+            clean[r0:r1] = evaluate(part, out, choice, r1 - r0).float()
 
         scheduler.run_chunks(
             scheduler.plan(model, x[:1], rows=b, memory_budget=memory_budget, cache_sized=True), clean_step, x.device
