@@ -376,13 +376,19 @@ def audit(
                 for c in todo:
                     c = int(c)
                     g0, g1 = st.chunk_range(c)
+                    shown = [0]
+
+                    def advance(n: int) -> None:  # the bar moves batch by batch
+                        shown[0] += n
+                        bar.update(n)
+
                     arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
-                                    random_seed=random_seed, budget=budget, size=size)
+                                    random_seed=random_seed, budget=budget, size=size, advance=advance)
                     st.write_chunk(c, arrays)
                     chunks_done += 1
                     computed += g1 - g0
                     done_frames += g1 - g0
-                    bar.update(g1 - g0)
+                    bar.update(g1 - g0 - shown[0])
                     if on_chunk is not None:
                         on_chunk(c, done_frames)
 
@@ -420,7 +426,7 @@ def _to_float16(maps: np.ndarray, method: str) -> np.ndarray:
     return maps.astype(np.float16)
 
 
-def _chunk(model, frames, fns, names, *, batch, steps, random_seed, budget, size) -> dict[str, np.ndarray]:
+def _chunk(model, frames, fns, names, *, batch, steps, random_seed, budget, size, advance=None) -> dict[str, np.ndarray]:
     """Every array of one store chunk."""
     n = frames.g1 - frames.g0
     h, w = size
@@ -454,6 +460,8 @@ def _chunk(model, frames, fns, names, *, batch, steps, random_seed, budget, size
         curves_del[:, rows] = curves.deletion.cpu().numpy()
         curves_ins[:, rows] = curves.insertion.cpu().numpy()
         prediction[rows] = curves.clean.cpu().numpy()
+        if advance is not None:
+            advance(len(rows))
     arrays: dict[str, np.ndarray] = {
         "frames/source": frames.source,
         "frames/index": frames.index,
