@@ -58,7 +58,7 @@ def add_parser(commands, types) -> argparse.ArgumentParser:
     au.add_argument("--max-frames", type=types._positive_int, metavar="N", help="audit the first N frames only")
     au.add_argument("--steps", type=types._positive_int, default=DEFAULT_STEPS, metavar="S",
                     help="points of the deletion/insertion curves minus one (default: %(default)s)")
-    au.add_argument("--sanity-frames", type=_non_negative_int, default=DEFAULT_SAMPLE, metavar="K",
+    au.add_argument("--sanity-frames", type=types._non_negative_int, default=DEFAULT_SAMPLE, metavar="K",
                     help="frames in the randomisation check's sample, 0 to skip it (default: %(default)s)")
     au.add_argument("--sanity-threshold", type=types._unit_float, default=DEFAULT_THRESHOLD, metavar="R",
                     help="a method fails the check when |rank correlation| >= R (default: %(default)s)")
@@ -67,16 +67,6 @@ def add_parser(commands, types) -> argparse.ArgumentParser:
     au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     au.set_defaults(run=run)
     return au
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
