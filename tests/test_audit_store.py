@@ -287,6 +287,13 @@ def test_bad_arguments_are_named(tmp_path, model):
         fv.audit(path, model=fv.models.load().train())
     with pytest.raises(InputFileNotFoundError, match="input not found"):
         fv.audit(path, tmp_path / "missing.mkv", model=model)
+    # methods are tried on the first frame before a store is made for them
+    with pytest.raises(InputError, match="CAM needs conv -> global average pool -> linear"):
+        fv.audit(path, model=model, methods=["cam"])
+    with pytest.raises(InputError, match=r"grad_cam gives maps of shape \(5, 22\), not the model's input size"):
+        fv.audit(path, model=model, methods=["grad_cam"], options={"grad_cam": {"upsample": False}})
+    with pytest.raises(fv.errors.UnknownNameError):
+        fv.audit(path, model=model, methods=["grad_cam"], options={"grad_cam": {"layer": "features.99"}})
     assert not path.exists()
 
 

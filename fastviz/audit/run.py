@@ -166,8 +166,8 @@ def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping] | None
     return out
 
 
-def _input_size(model: nn.Module, sources: list[AuditSource]) -> tuple[int, int]:
-    """The model's input ``(h, w)``: one frame of the first readable source, preprocessed."""
+def _first_frame(model: nn.Module, sources: list[AuditSource]) -> torch.Tensor:
+    """The first frame of the first readable source in the model's input space, ``(1, C, h, w)``."""
     from ..video import open_source
 
     for src in sources:
@@ -179,8 +179,7 @@ def _input_size(model: nn.Module, sources: list[AuditSource]) -> tuple[int, int]
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()
-            x = model.preprocess(frame[None])
-            return int(x.shape[-2]), int(x.shape[-1])
+            return model.preprocess(frame[None])
     raise InputError("no input could be read")
 
 
@@ -323,7 +322,8 @@ def audit(
     if total == 0:
         reasons = "; ".join(f"{s.path}: {s.error}" for s in sources if s.error)
         raise InputError(f"no frames to audit{(': ' + reasons) if reasons else ''}")
-    size = _input_size(model, sources)
+    first = _first_frame(model, sources)
+    size = int(first.shape[-2]), int(first.shape[-1])
     weights = weights_sha256(model)
     spec = {
         "inputs": [{"path": s.path, "sha256": s.sha256} for s in sources],
@@ -353,6 +353,13 @@ def audit(
             if rec.get("frames_read") is not None and src.frames_read is None:
                 src.error, src.frames_read = rec.get("error"), rec.get("frames_read")
     else:
+        # every method must work on this model before a store is made for it (CAM on a model
+        # without a global-average-pooling head, a layer name that does not exist, ...)
+        for m, opts in method_options.items():
+            maps = _explain(model, first, method=m, options=opts)
+            if maps.shape != (1, *size):
+                raise InputError(f"{m} gives maps of shape {tuple(maps.shape[1:])}, not the model's input size {size}: "
+                                 "the audit stores maps at the input resolution")
         st = AuditStore.create(store, spec=spec, sources=[s.as_dict() for s in sources], frames=total, size=size,
                                methods=names, steps=steps, chunk=chunk, model=model_attrs, overwrite=overwrite)
 
