@@ -56,7 +56,7 @@ def reference_curves(model, x, ranks, steps, base, target_class=None):
     each masked output (the wrong thing, to show a test can tell the two apart).
     Returns deletion, insertion (K, B, S+1), clean (B,) and baseline (B,) scores, float64.
     """
-    k_orders, b, c, h, w = ranks.shape[0], *x.shape
+    k_orders, b, _c, h, w = ranks.shape[0], *x.shape
     counts = plain_counts(h * w, steps)
     dele = torch.zeros(k_orders, b, steps + 1, dtype=torch.float64)
     ins = torch.zeros_like(dele)

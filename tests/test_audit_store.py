@@ -308,7 +308,7 @@ def test_one_writer_at_a_time(reference):
 
 
 def test_list_files_image_folders_and_a_corrupt_source(tmp_path, model, log):
-    good = write_ffv1(tmp_path / "good.mkv", log.frames[20:25])
+    write_ffv1(tmp_path / "good.mkv", log.frames[20:25])
     broken = tmp_path / "broken.mkv"
     data = write_ffv1(tmp_path / "whole.mkv", log.frames[:40]).read_bytes()
     broken.write_bytes(data[: len(data) // 2])  # truncated
