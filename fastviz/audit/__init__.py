@@ -11,7 +11,9 @@ sanity checks, into a resumable Zarr v3 store.
   adapted to regression, and map statistics;
 * :mod:`~fastviz.audit.sanity`: the model-parameter randomisation test (Adebayo et al., NeurIPS
   2018);
-* :mod:`~fastviz.audit.sources`: the inputs (drive logs, videos, image folders, lists of them).
+* :mod:`~fastviz.audit.sources`: the inputs (drive logs, videos, image folders, lists of them);
+* :mod:`~fastviz.audit.scenes`: scene groups by appearance (dense SIFT, GMM vocabulary, Fisher
+  vectors, bag of visual words; needs scikit-learn, extra ``report``), for the report.
 
 >>> import fastviz as fv                                                # doctest: +SKIP
 >>> result = fv.audit("audit.zarr", max_frames=64)                       # doctest: +SKIP
