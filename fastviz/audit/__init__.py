@@ -13,7 +13,9 @@ sanity checks, into a resumable Zarr v3 store.
   2018);
 * :mod:`~fastviz.audit.sources`: the inputs (drive logs, videos, image folders, lists of them);
 * :mod:`~fastviz.audit.scenes`: scene groups by appearance (dense SIFT, GMM vocabulary, Fisher
-  vectors, bag of visual words; needs scikit-learn, extra ``report``), for the report.
+  vectors, bag of visual words; needs scikit-learn, extra ``report``), for the report;
+* :mod:`~fastviz.audit.strategies`: SpRAy (Lapuschkin et al. 2019), spectral clustering of
+  maps with the number of clusters from the eigengap (scikit-learn, extra ``report``).
 
 >>> import fastviz as fv                                                # doctest: +SKIP
 >>> result = fv.audit("audit.zarr", max_frames=64)                       # doctest: +SKIP
