@@ -373,7 +373,7 @@ def test_a_source_that_fails_part_way_keeps_the_rest(tmp_path, model, log):
 # --------------------------------------------------------------------------- faults
 
 
-def test_full_disk_is_an_error_and_the_run_resumes_elsewhere(tmp_path, model):
+def test_full_disk_is_an_error(tmp_path, model):
     with full_disk(tmp_path / "small", size="200k") as folder:
         with pytest.raises(OutputError, match="cannot write audit store"):
             fv.audit(folder / "a.zarr", model=model, **{**SMALL, "max_frames": 40, "sanity_frames": 0})

@@ -39,6 +39,7 @@ from torch import nn
 
 from .. import scheduler
 from ..errors import InputError
+from ..hooks import model_device
 from . import metrics as fm
 from . import sanity as fs
 from .sources import AuditSource, FrameReader, describe, expand_inputs
@@ -54,8 +55,8 @@ DEFAULT_METHODS = ("occlusion", "grad_cam", "visual_backprop")
 DEFAULT_CHUNK = 64
 #: Frames per call of a method.
 DEFAULT_BATCH = 16
-#: Largest magnitude float16 holds.
-FLOAT16_MAX = 65504.0
+#: Largest magnitude float16 holds (65,504).
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _resolve_model(model, device) -> tuple[nn.Module, str]:
         raise InputError(f"model must be an nn.Module or a bundled model's name, got {type(model).__name__}")
     if device is not None:
         want = scheduler.parse_device(device)
-        have = next(iter(model.parameters()), torch.empty(0)).device
+        have = model_device(model) or torch.device("cpu")
         if have.type != want.type or (want.index is not None and have.index != want.index):
             raise InputError(f"the model is on {have}, not {want}: move it first (the audit does not change the model)")
     return model, type(model).__name__
@@ -164,23 +165,6 @@ def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping] | None
             opts["memory_budget"] = budget
         out[m] = opts
     return out
-
-
-def _first_frame(model: nn.Module, sources: list[AuditSource]) -> torch.Tensor:
-    """The first frame of the first readable source in the model's input space, ``(1, C, h, w)``."""
-    from ..video import open_source
-
-    for src in sources:
-        if src.frames and src.error is None:
-            it = iter(open_source(src.path))
-            try:
-                frame = next(it)
-            finally:
-                close = getattr(it, "close", None)
-                if close is not None:
-                    close()
-            return model.preprocess(frame[None])
-    raise InputError("no input could be read")
 
 
 def _frame_seed(base: int, g: int) -> int:
@@ -304,7 +288,7 @@ def audit(
                          "would make the maps depend on the batch)")
     if not callable(getattr(model, "preprocess", None)):
         raise InputError("the model needs .preprocess(frames): uint8 (N, H, W, 3) RGB -> model input")
-    dev = next(iter(model.parameters()), torch.empty(0)).device
+    dev = model_device(model) or torch.device("cpu")
     budget = scheduler.parse_budget(memory_budget, dev)
     method_options = _check_methods(methods, options, budget)
     names = list(method_options)
@@ -322,7 +306,7 @@ def audit(
     if total == 0:
         reasons = "; ".join(f"{s.path}: {s.error}" for s in sources if s.error)
         raise InputError(f"no frames to audit{(': ' + reasons) if reasons else ''}")
-    first = _first_frame(model, sources)
+    first = _read_frames(model, sources, np.zeros(1, dtype=np.int64))  # sources that failed give no frames
     size = int(first.shape[-2]), int(first.shape[-1])
     weights = weights_sha256(model)
     spec = {
@@ -502,7 +486,7 @@ def _read_frames(model, sources: list[AuditSource], frames: np.ndarray) -> torch
         for g in frames:
             batch = reader.read(int(g), int(g) + 1)
             if not batch.ok.all():
-                raise InputError(f"frame {int(g)} could not be read again for the sanity check")
+                raise InputError(f"frame {int(g)} of the audit could not be read")
             parts.append(batch.x)
     return torch.cat(parts)
 
@@ -537,7 +521,13 @@ def summary(path: str | Path) -> str:
     """A plain-text summary of an audit store: frames and sources, prediction against the truth,
     and per method its cost, mean faithfulness against the random order and the sanity check.
 
-    Reads the per-frame ``(N,)`` arrays of the store; never the maps.
+    Reads the per-frame ``(N,)`` arrays of the store; never the maps. AUCs are in the model's
+    output units (radians for the bundled model), costs in milliseconds per frame.
+
+    Raises
+    ------
+    InputFileNotFoundError, InputError
+        If ``path`` does not exist or is not an audit store.
     """
     from .store import open_store
 

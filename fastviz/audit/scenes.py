@@ -38,11 +38,11 @@ from ..errors import InputError
 __all__ = ["Vocabulary", "bag_of_words", "dense_sift", "fisher_vectors", "scene_groups"]
 
 
-def _sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise InputError("scene groups need scikit-learn: pip install 'fastviz[report]'") from None
+def _sklearn() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        raise InputError("scene groups need scikit-learn: pip install 'fastviz[report]'")
 
 
 def dense_sift(frames: np.ndarray, step: int = 8, size: int = 12) -> np.ndarray:

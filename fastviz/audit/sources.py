@@ -158,6 +158,11 @@ def describe(path: Path) -> AuditSource:
     """Open ``path`` once: its kind, hash, frame count and, for a drive log, the recorded steering
     (the truth) and times. A source that cannot be opened comes back with ``frames=0`` and its
     ``error``; it is not raised.
+
+    Raises
+    ------
+    InputError
+        When a file of the input cannot be read at all to hash it (permissions, I/O error).
     """
     from ..data import read_steering
     from ..video import ImageFolderSource, open_source
@@ -165,20 +170,15 @@ def describe(path: Path) -> AuditSource:
     path = Path(path).absolute()
     steering_csv = path.with_suffix(".csv")
     kind = "images" if path.is_dir() else ("drive_log" if steering_csv.is_file() else "video")
+    sha = ""
     try:
-        if path.is_dir():
-            source = open_source(path)
-            sha = _folder_sha256(source.files) if isinstance(source, ImageFolderSource) else file_sha256(path)
-        else:
+        if not path.is_dir():
             sha = file_sha256(path)
             if kind == "drive_log":
                 sha = hashlib.sha256((sha + file_sha256(steering_csv)).encode()).hexdigest()
-    except OSError as exc:
-        raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
-    except FastvizError as exc:
-        return AuditSource(path=str(path), kind=kind, sha256="", frames=0, error=str(exc))
-    try:
         source = open_source(path)
+        if isinstance(source, ImageFolderSource) and path.is_dir():
+            sha = _folder_sha256(source.files)
         frames = source.frame_count
         if frames is None:  # a container that does not say: count by reading
             frames = sum(1 for _ in source)
@@ -188,6 +188,8 @@ def describe(path: Path) -> AuditSource:
             times = _log_times(steering_csv, frames)
         return AuditSource(path=str(path), kind=kind, sha256=sha, frames=int(frames), fps=float(source.fps),
                            truth=truth, times=times)
+    except OSError as exc:
+        raise InputError(f"cannot read input {path}: {exc.strerror or exc}") from None
     except FastvizError as exc:
         return AuditSource(path=str(path), kind=kind, sha256=sha, frames=0, error=str(exc))
 
@@ -282,7 +284,16 @@ class FrameReader:
             self.on_failure(k, src)
 
     def read(self, g0: int, g1: int) -> Batch:
-        """Frames ``g0 .. g1`` (global numbers, ``g0`` not below the previous call's ``g1``)."""
+        """Frames ``g0 .. g1`` (global numbers, ascending from call to call; going back reopens
+        the source and decodes from its start).
+
+        Returns
+        -------
+        Batch
+            ``x``: float ``(n_ok, C, h, w)`` on the model's device, the frames that were read;
+            ``ok`` bool, ``source`` int32, ``index`` int64, ``time_s`` float64 (seconds),
+            ``truth`` float32 (radians for a drive log, else NaN), each ``(g1 - g0,)``.
+        """
         n = g1 - g0
         source = np.searchsorted(self.offsets, np.arange(g0, g1), side="right").astype(np.int32) - 1
         index = np.arange(g0, g1, dtype=np.int64) - self.offsets[source]

@@ -65,7 +65,7 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +194,30 @@ class AuditStore:
     ) -> AuditStore:
         """Create a new store at ``path``: built under a temporary name beside it, renamed when its
         layout is complete. An existing store is replaced only with ``overwrite``; anything else
-        at ``path`` is refused.
+        at ``path`` (except an empty folder) is refused.
+
+        Parameters
+        ----------
+        path : path
+            The store folder.
+        spec : dict
+            Every setting that determines the arrays (JSON), compared by :meth:`resume`.
+        sources : list of dict
+            The inputs (:meth:`fastviz.audit.sources.AuditSource.as_dict`).
+        frames : int
+            ``N``, frames in the store.
+        size : (int, int)
+            ``(H, W)`` of the maps, the model's input size in pixels.
+        methods : sequence of str
+            One ``maps/<method>`` and ``metrics/<method>/...`` group each.
+        steps : int
+            ``S``: curves have ``S + 1`` points.
+        chunk : int
+            ``C``, frames per Zarr chunk and per completion record.
+        model : dict
+            The ``model`` attribute (name, class, weights SHA-256, output units).
+        overwrite : bool
+            Replace an existing audit store.
 
         Raises
         ------
@@ -386,18 +409,3 @@ class AuditStore:
             self.group.attrs.update(attrs)
         except OSError as exc:
             raise OutputError(f"cannot write audit store {self.path}: {exc.strerror or exc}", exc.errno) from None
-
-    def arrays(self) -> Iterator[str]:
-        """Paths of every array in the store."""
-        for name, _arr in self.group.arrays():
-            yield name
-        for gname, sub in self.group.groups():
-            for name in _walk(sub, gname):
-                yield name
-
-
-def _walk(group, prefix: str) -> Iterator[str]:
-    for name, _arr in group.arrays():
-        yield f"{prefix}/{name}"
-    for gname, sub in group.groups():
-        yield from _walk(sub, f"{prefix}/{gname}")
