@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "MAX_PICTURE_SIDE",
     "OverlayResult",
+    "check_method_options",
     "is_folder_output",
     "method_option_names",
     "write_overlay",
@@ -124,6 +125,25 @@ def method_option_names(method: str) -> set[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return {n for n in params if n not in ("model", "x", "frames")}
+
+
+def check_method_options(method: str, options) -> set[str] | None:
+    """Check that ``method`` takes every keyword in ``options``; returns
+    :func:`method_option_names`.
+
+    Raises
+    ------
+    InputError
+        Naming the options the method does not take.
+    UnknownNameError
+        For an unregistered method.
+    """
+    accepted = method_option_names(method)
+    if accepted is not None:
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise InputError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}")
+    return accepted
 
 
 def _check_scale(scale, height: int, width: int, layout: str) -> int:
@@ -316,11 +336,7 @@ def write_overlay(
         raise InputError(f"unknown layout {layout!r} (known: {', '.join(rd.LAYOUTS)})")
     if method != BACKPROJECTION and model is None:
         raise InputError(f"method {method!r} needs a model")
-    accepted = method_option_names(method)
-    if accepted is not None:
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise InputError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}")
+    check_method_options(method, options)
     if gauge and model is None:
         raise InputError("the steering gauge needs a model's prediction; backprojection has none")
     maps_path = None if save_maps is None else Path(save_maps)

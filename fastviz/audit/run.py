@@ -138,7 +138,7 @@ def _resolve_model(model, device) -> tuple[nn.Module, str]:
 
 def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping] | None, budget: int) -> dict[str, dict]:
     from ..methods.registry import methods as registered
-    from ..overlay import method_option_names
+    from ..overlay import check_method_options
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -155,10 +155,7 @@ def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping] | None
     out: dict[str, dict] = {}
     for m in methods:
         opts = dict(options.get(m, {}))
-        accepted = method_option_names(m)
-        bad = sorted(set(opts) - accepted) if accepted is not None else []
-        if bad:
-            raise InputError(f"method {m!r} takes no option {', '.join(map(repr, bad))}")
+        accepted = check_method_options(m, opts)
         if "memory_budget" in opts:
             raise InputError("give the memory budget to the audit (memory_budget=), not to one method")
         if accepted is None or "memory_budget" in accepted:
