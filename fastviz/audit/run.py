@@ -324,7 +324,10 @@ def audit(
                    "threshold": float(sanity_threshold)},
     }
     model_attrs = {"name": model_name, "class": type(model).__name__, "weights_sha256": weights,
-                   "output_units": getattr(model, "output_units", None)}
+                   "output_units": getattr(model, "output_units", None),
+                   # the part of each frame the model sees, (top, bottom, left, right) as fractions: the
+                   # report places maps back onto frames with it
+                   "crop": list(getattr(getattr(model, "transform", None), "crop", (0.0, 1.0, 0.0, 1.0)))}
 
     if store.exists() and is_store(store) and not overwrite:
         st = AuditStore.resume(store, spec)

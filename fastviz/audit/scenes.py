@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Vocabulary", "bag_of_words", "dense_sift", "fisher_vectors", "scene_groups"]
+__all__ = ["Vocabulary", "bag_of_words", "choose_groups", "dense_sift", "fisher_vectors", "scene_groups", "scene_vectors"]
 
 
 def _sklearn() -> None:
@@ -241,3 +241,84 @@ def scene_groups(vectors: np.ndarray, groups: int, *, seed: int = 0) -> np.ndarr
         raise InputError(f"{groups} scene groups need at least as many frames (N, F), got {v.shape}")
     return KMeans(n_clusters=groups, n_init=10, random_state=seed).fit_predict(v).astype(np.int64)
 
+
+
+def scene_vectors(frames: np.ndarray, kind: str = "fisher", *, components: int = 16, pca: int | None = 32,
+                  step: int = 8, size: int = 12, seed: int = 0) -> tuple[np.ndarray, Vocabulary]:
+    """Per-frame scene vectors: dense SIFT, optionally PCA-reduced (to ``pca`` dimensions, as in
+    Perronnin et al. 2010, which decorrelates the descriptors the diagonal GMM models), a
+    vocabulary of ``components`` Gaussians fitted to them, then Fisher vectors or bags of words.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        uint8 ``(N, H, W, 3)`` RGB.
+    kind : {"fisher", "bow"}
+        Improved Fisher vectors (:func:`fisher_vectors`) or bags of visual words
+        (:func:`bag_of_words`).
+    components : int
+        Vocabulary size ``K`` (capped at the number of descriptors).
+    pca : int or None
+        Descriptor dimensions kept by PCA (scikit-learn, whitening off, seeded); ``None`` keeps
+        SIFT's 128.
+
+    Returns
+    -------
+    vectors : numpy.ndarray
+        float32 ``(N, 2 K D')`` Fisher vectors or ``(N, K)`` word histograms.
+    vocabulary : Vocabulary
+        Over the (reduced) descriptors.
+
+    Raises
+    ------
+    InputError
+        For an unknown kind, bad frames, or without scikit-learn.
+    """
+    if kind not in ("fisher", "bow"):
+        raise InputError(f"kind must be 'fisher' or 'bow', got {kind!r}")
+    _sklearn()
+    desc = dense_sift(frames, step=step, size=size)  # (N, T, 128)
+    n, t, d = desc.shape
+    flat = desc.reshape(-1, d).astype(np.float64)
+    if pca is not None and pca < d:
+        from sklearn.decomposition import PCA
+
+        keep = min(int(pca), flat.shape[0])
+        rng = np.random.default_rng(seed)
+        fit_rows = flat if flat.shape[0] <= 50000 else flat[np.sort(rng.choice(flat.shape[0], 50000, replace=False))]
+        reducer = PCA(n_components=keep, random_state=seed).fit(fit_rows)
+        flat = reducer.transform(flat)
+    x = flat.reshape(n, t, -1)
+    vocabulary = Vocabulary.fit(x, k=min(components, n * t), seed=seed)
+    vectors = fisher_vectors(x, vocabulary) if kind == "fisher" else bag_of_words(x, vocabulary)
+    return vectors, vocabulary
+
+
+def choose_groups(vectors: np.ndarray, candidates=range(2, 7), *, seed: int = 0) -> tuple[int, dict[int, float]]:
+    """The number of scene groups with the best mean silhouette coefficient (Rousseeuw 1987;
+    scikit-learn's ``silhouette_score``, Euclidean) of :func:`scene_groups`' k-means labels.
+
+    Returns
+    -------
+    k : int
+        The best candidate (the smallest among ties); 1 when fewer than 3 frames or every
+        vector is the same.
+    scores : dict
+        candidate -> silhouette in [-1, 1], for the candidates that could be scored.
+    """
+    _sklearn()
+    from sklearn.metrics import silhouette_score
+
+    v = np.asarray(vectors, dtype=np.float64)
+    scores: dict[int, float] = {}
+    for k in candidates:
+        if not 2 <= k < v.shape[0]:
+            continue
+        labels = scene_groups(v, k, seed=seed)
+        if np.unique(labels).size < 2:
+            continue
+        scores[int(k)] = float(silhouette_score(v, labels))
+    if not scores:
+        return 1, scores
+    best = max(scores.values())
+    return min(k for k, s in scores.items() if s == best), scores
