@@ -5,6 +5,9 @@
 ``fastviz audit [INPUT ...] -o STORE.zarr``: a resumable audit store of maps, predictions,
 faithfulness metrics and the sanity check (:mod:`fastviz.audit.cli`, :func:`fastviz.audit`).
 
+``fastviz report STORE.zarr -o report.html``: the audit's self-contained HTML report
+(:mod:`fastviz.audit.report`).
+
 ``fastviz overlay [INPUT] -o OUTPUT``: saliency video (or PNG images) of a drive log, video file
 or image folder (default: the bundled held-out CarRacing log) through a model (default: the
 bundled ``pilotnet-carracing``) with a saliency method (default:
@@ -386,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit import cli as audit_cli
 
     audit_cli.add_parser(commands, sys.modules[__name__])
+    audit_cli.add_report_parser(commands, sys.modules[__name__])
     return parser
 
 

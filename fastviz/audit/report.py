@@ -51,7 +51,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "mean_maps", "report",
+__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "check_output", "fit_r2", "mean_maps", "report",
            "steering_classes", "unit_max"]
 
 #: Frames shown among the largest errors, and in the random sample.
@@ -462,11 +462,7 @@ def report(
         raise InputError(f"scenes must be one of {', '.join(SCENE_KINDS)}, got {scenes!r}")
     if scene_groups is not None and (isinstance(scene_groups, bool) or int(scene_groups) < 1):
         raise InputError(f"scene_groups must be >= 1, got {scene_groups!r}")
-    output = Path(output)
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise InputError(f"the report is an HTML page: name it .html, not {output.name}")
-    if not output.parent.is_dir():
-        raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
+    output = check_output(output)
     jinja2 = _require()
 
     g = open_store(store)
@@ -622,7 +618,9 @@ def report(
             "scenes_kind": scenes,
             "faithfulness": _faithfulness(plt, g, names, use, units),
             "sanity": _sanity_rows(attrs, names),
-            "sanity_info": attrs.get("sanity") or {},
+            "sanity_threshold": _fmt((attrs.get("sanity") or {}).get("threshold",
+                                                                    (spec.get("sanity") or {}).get("threshold"))),
+            "sanity_run": bool((attrs.get("sanity") or {}).get("methods")),
             "cost": _cost(g, names, n, done, chunk),
         }
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
@@ -648,6 +646,26 @@ def report(
         out.write(data)
     return ReportResult(path=output, frames=int(use.sum()), images=images, bytes=len(data),
                         seconds=time.perf_counter() - started, notes=notes)
+
+
+def check_output(output: str | Path) -> Path:
+    """The report's path, checked before any work: an ``.html`` name in an existing folder, not
+    a folder itself, and the report's libraries installed.
+
+    Raises
+    ------
+    InputError
+        Naming what is wrong.
+    """
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"the report is an HTML page: name it .html, not {output.name}")
+    if output.is_dir():
+        raise InputError(f"cannot write the report to {output}: it is a folder")
+    if not output.parent.is_dir():
+        raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
+    _require()
+    return output
 
 
 def _require():
