@@ -53,7 +53,7 @@ def store(tmp_path_factory, model, log_copy):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, store):
     out = tmp_path_factory.mktemp("page") / "report.html"
-    result = fr.report(store, out, **QUICK)
+    result = fr.write_report(store, out, **QUICK)
     return out, result, out.read_text(encoding="utf-8")
 
 
@@ -191,7 +191,7 @@ def test_faithfulness_sanity_and_cost_tables_match_the_store(page, store):
 
 def test_the_same_seed_gives_the_same_page(tmp_path, store, page):
     _, _, html = page
-    again = fr.report(store, tmp_path / "again.html", **QUICK)
+    again = fr.write_report(store, tmp_path / "again.html", **QUICK)
     strip = lambda s: re.sub(r"generated [^<]*by fastviz", "", s)  # noqa: E731
     assert strip(again.path.read_text(encoding="utf-8")) == strip(html)
 
@@ -199,8 +199,8 @@ def test_the_same_seed_gives_the_same_page(tmp_path, store, page):
 def test_the_page_size_is_bounded_by_the_pictures_not_the_frames(tmp_path, store):
     """Twice the analysis sample adds no picture of its own: only the shown frames, the clusters'
     and groups' examples are pictures."""
-    few = fr.report(store, tmp_path / "few.html", worst=1, sample=1, analysis=12, scenes="none", strategies=False)
-    more = fr.report(store, tmp_path / "more.html", worst=1, sample=1, analysis=36, scenes="none", strategies=False)
+    few = fr.write_report(store, tmp_path / "few.html", worst=1, sample=1, analysis=12, scenes="none", strategies=False)
+    more = fr.write_report(store, tmp_path / "more.html", worst=1, sample=1, analysis=36, scenes="none", strategies=False)
     assert few.images == more.images
     html = more.path.read_text(encoding="utf-8")
     g = zarr.open_group(str(store), mode="r")
@@ -222,7 +222,7 @@ def test_a_removed_source_draws_maps_alone_and_says_so(tmp_path, model, log_copy
     path = tmp_path / "gone.zarr"
     fv.audit(path, [folder / "drive.mkv"], model=model, **{**SMALL, "max_frames": 12})
     (folder / "drive.mkv").unlink()
-    result = fr.report(path, tmp_path / "r.html", worst=2, sample=1, analysis=12)
+    result = fr.write_report(path, tmp_path / "r.html", worst=2, sample=1, analysis=12)
     html = result.path.read_text(encoding="utf-8")
     assert any("is not there any more" in n for n in result.notes)
     assert "is not there any more" in html and "Not computed: the frames could not be read again" in html
@@ -238,7 +238,7 @@ def test_a_changed_source_is_not_used(tmp_path, model, log_copy):
     fv.audit(path, [folder / "drive.mkv"], model=model, **{**SMALL, "max_frames": 12})
     with open(folder / "drive.csv", "a") as f:
         f.write("\n")
-    result = fr.report(path, tmp_path / "r.html", worst=1, sample=1, analysis=12, scenes="none")
+    result = fr.write_report(path, tmp_path / "r.html", worst=1, sample=1, analysis=12, scenes="none")
     assert any("changed since the audit" in n for n in result.notes)
 
 
@@ -255,7 +255,7 @@ def test_an_incomplete_store_gives_a_report_of_the_chunks_done(tmp_path, model, 
 
     with pytest.raises(Stop):
         fv.audit(path, [log_copy], model=model, on_chunk=stop, **SMALL)
-    result = fr.report(path, tmp_path / "r.html", worst=2, sample=2, analysis=12, scenes="none")
+    result = fr.write_report(path, tmp_path / "r.html", worst=2, sample=2, analysis=12, scenes="none")
     html = result.path.read_text(encoding="utf-8")
     assert result.frames == SMALL["chunk"]
     assert 'id="incomplete"' in html and "1 of 3 chunks are done" in html
@@ -268,15 +268,15 @@ def test_an_incomplete_store_gives_a_report_of_the_chunks_done(tmp_path, model, 
 
 def test_bad_arguments_are_named(tmp_path, store):
     with pytest.raises(InputError, match="name it .html"):
-        fr.report(store, tmp_path / "r.pdf")
+        fr.write_report(store, tmp_path / "r.pdf")
     with pytest.raises(InputError, match="does not exist"):
-        fr.report(store, tmp_path / "nope" / "r.html")
+        fr.write_report(store, tmp_path / "nope" / "r.html")
     with pytest.raises(InputError, match="scenes must be one of"):
-        fr.report(store, tmp_path / "r.html", scenes="sift")
+        fr.write_report(store, tmp_path / "r.html", scenes="sift")
     with pytest.raises(InputError, match="worst must be"):
-        fr.report(store, tmp_path / "r.html", worst=-1)
+        fr.write_report(store, tmp_path / "r.html", worst=-1)
     with pytest.raises(InputFileNotFoundError):
-        fr.report(tmp_path / "none.zarr", tmp_path / "r.html")
+        fr.write_report(tmp_path / "none.zarr", tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
 
 
@@ -300,7 +300,7 @@ def test_cli_report_and_audit_report(tmp_path, store, capsys, log_copy):
 def test_a_full_disk_is_an_error_and_leaves_nothing(tmp_path, store):
     with full_disk(tmp_path / "small", size="64k") as folder:
         with pytest.raises(OutputError):
-            fr.report(store, folder / "r.html", **QUICK)
+            fr.write_report(store, folder / "r.html", **QUICK)
         assert list(folder.iterdir()) == []
 
 

@@ -15,13 +15,16 @@ sanity checks, into a resumable Zarr v3 store.
 * :mod:`~fastviz.audit.scenes`: scene groups by appearance (dense SIFT, GMM vocabulary, Fisher
   vectors, bag of visual words; needs scikit-learn, extra ``report``), for the report;
 * :mod:`~fastviz.audit.strategies`: SpRAy (Lapuschkin et al. 2019), spectral clustering of
-  maps with the number of clusters from the eigengap (scikit-learn, extra ``report``).
+  maps with the number of clusters from the eigengap (scikit-learn, extra ``report``);
+* :mod:`~fastviz.audit.report`: the self-contained HTML report of a store
+  (:func:`write_report`; Jinja2, matplotlib, scikit-learn: extra ``report``).
 
 >>> import fastviz as fv                                                # doctest: +SKIP
 >>> result = fv.audit("audit.zarr", max_frames=64)                       # doctest: +SKIP
 >>> print(result.summary())                                              # doctest: +SKIP
 >>> store = fv.audit.open_store("audit.zarr")                            # doctest: +SKIP
 >>> store["metrics/occlusion/deletion_auc"][:]                           # doctest: +SKIP
+>>> fv.audit.write_report("audit.zarr", "report.html")                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import types
 from . import metrics, sanity, sources, store
 from .run import DEFAULT_BATCH, DEFAULT_CHUNK, DEFAULT_METHODS, AuditResult, audit, summary, weights_sha256
 from .store import FORMAT, is_store, open_store
+from .report import ReportResult, write_report
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -39,6 +43,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "FORMAT",
     "AuditResult",
+    "ReportResult",
     "audit",
     "is_store",
     "metrics",
@@ -48,6 +53,7 @@ __all__ = [
     "store",
     "summary",
     "weights_sha256",
+    "write_report",
 ]
 
 

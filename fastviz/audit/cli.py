@@ -112,9 +112,9 @@ def add_report_parser(commands, types) -> argparse.ArgumentParser:
 
 
 def _write_report(store, output, args) -> None:
-    from .report import report
+    from .report import write_report
 
-    result = report(
+    result = write_report(
         store, output, worst=args.worst, sample=args.sample, analysis=args.analysis, scenes=args.scenes,
         scene_groups=args.scene_groups, strategies=not args.no_strategies, seed=args.seed, progress=not args.quiet,
     )

@@ -1,9 +1,9 @@
 """The audit report: one self-contained HTML page that shows what an audit store found.
 
-``fastviz report STORE.zarr -o report.html`` (or :func:`report`) reads an audit store
-(:mod:`fastviz.audit.store`) and writes a single HTML file (Jinja2 template
-``templates/report.html.j2``) whose pictures are embedded PNGs (``data:`` URIs; plots drawn by
-matplotlib): the page requests nothing from any network address when opened and can be mailed
+``fastviz report STORE.zarr -o report.html`` (or :func:`write_report`, also
+``fv.audit.write_report``) reads an audit store (:mod:`fastviz.audit.store`) and writes a single
+HTML file (Jinja2 template ``templates/report.html.j2``) whose pictures are embedded PNGs
+(``data:`` URIs; plots drawn by matplotlib): the page requests nothing from any network address when opened and can be mailed
 or archived as it is. Its sections:
 
 - **summary**: model, weights SHA-256, sources, frames, methods, wall time and cost per frame;
@@ -51,8 +51,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "check_output", "fit_r2", "mean_maps", "report",
-           "steering_classes", "unit_max"]
+__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "check_output", "fit_r2",
+           "mean_maps", "steering_classes", "unit_max", "write_report"]
 
 #: Frames shown among the largest errors, and in the random sample.
 DEFAULT_WORST = 8
@@ -73,7 +73,7 @@ CLASS_NAMES = ("left", "straight", "right")
 
 @dataclass
 class ReportResult:
-    """What :func:`report` wrote.
+    """What :func:`write_report` wrote.
 
     Attributes
     ----------
@@ -396,7 +396,7 @@ def _deg(radians: float) -> str:
     return "–" if radians is None or not math.isfinite(radians) else f"{math.degrees(radians):.2f}°"
 
 
-def report(
+def write_report(
     store: str | Path,
     output: str | Path,
     *,
