@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
-from fastviz.audit.scenes import Vocabulary, bag_of_words, dense_sift, fisher_vectors, scene_groups
+from fastviz.audit.scenes import (
+    Vocabulary,
+    bag_of_words,
+    choose_groups,
+    dense_sift,
+    fisher_vectors,
+    scene_groups,
+    scene_vectors,
+)
 from fastviz.errors import InputError
 
 # a tiny hand-made mixture: K = 2 components over D = 2 dimensions
@@ -181,3 +189,34 @@ def test_the_vocabulary_is_reproducible_by_seed():
     np.testing.assert_array_equal(a.means, b.means)
     np.testing.assert_allclose(a.weights.sum(), 1.0)
     assert (a.variances > 0).all() and a.means.shape == (3, 128)
+
+
+def test_scene_vectors_are_pca_then_vocabulary_then_fisher_vectors():
+    """The pipeline composed by hand from scikit-learn's PCA and this module's pieces gives the
+    same vectors."""
+    from sklearn.decomposition import PCA
+
+    frames = np.concatenate([striped(4, True, 1), striped(4, False, 2)])
+    vectors, vocab = scene_vectors(frames, "fisher", components=3, pca=8, step=6, size=12, seed=4)
+    desc = dense_sift(frames, step=6, size=12)
+    n, t, d = desc.shape
+    reduced = PCA(n_components=8, random_state=4).fit_transform(desc.reshape(-1, d).astype(np.float64))
+    by_hand = Vocabulary.fit(reduced.reshape(n, t, 8), 3, seed=4)
+    np.testing.assert_allclose(vocab.means, by_hand.means, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(vectors, fisher_vectors(reduced.reshape(n, t, 8), by_hand), rtol=1e-5, atol=1e-6)
+    assert vectors.shape == (8, 2 * 3 * 8)
+    words, _ = scene_vectors(frames, "bow", components=3, pca=None, step=6, size=12, seed=4)
+    assert words.shape == (8, 3)
+    np.testing.assert_allclose(words.sum(1), 1.0, rtol=1e-6)
+    with pytest.raises(InputError, match="kind"):
+        scene_vectors(frames, "vlad")
+
+
+def test_choose_groups_finds_the_planted_number():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.concatenate([c + rng.normal(0, 0.5, (15, 2)) for c in centres])
+    k, scores = choose_groups(points, seed=0)
+    assert k == 3 and set(scores) == {2, 3, 4, 5, 6}
+    assert scores[3] == max(scores.values()) and -1.0 <= min(scores.values())
+    assert choose_groups(points[:2], seed=0) == (1, {})  # too few frames to compare groupings

@@ -3,8 +3,8 @@
 ``fastviz report STORE.zarr -o report.html`` (or :func:`write_report`, also
 ``fv.audit.write_report``) reads an audit store (:mod:`fastviz.audit.store`) and writes a single
 HTML file (Jinja2 template ``templates/report.html.j2``) whose pictures are embedded PNGs
-(``data:`` URIs; plots drawn by matplotlib): the page requests nothing from any network address when opened and can be mailed
-or archived as it is. Its sections:
+(``data:`` URIs; plots drawn by matplotlib): the page requests nothing from any network address
+when opened and can be mailed or archived as it is. Its sections:
 
 - **summary**: model, weights SHA-256, sources, frames, methods, wall time and cost per frame;
 - **prediction**: the model's output against the recorded steering over time, R² and RMSE, and
