@@ -283,6 +283,12 @@ def _ranges(batch: np.ndarray, signed: bool, clip, vrange) -> tuple[np.ndarray, 
         p_lo, p_hi = _percentiles(clip)
         lo = np.percentile(batch, p_lo, axis=(1, 2), keepdims=True).astype(np.float32)
         hi = np.percentile(batch, p_hi, axis=(1, 2), keepdims=True).astype(np.float32)
+        # a map whose non-zero part is smaller than the clipped share (a Grad-CAM spot on under 1%
+        # of the pixels) has a flat clipped range: colour it by its full range rather than not at all
+        flat = (np.maximum(np.abs(lo), np.abs(hi)) == 0) if signed else (hi <= lo)
+        if flat.any():
+            lo = np.where(flat, batch.min(axis=(1, 2), keepdims=True), lo)
+            hi = np.where(flat, batch.max(axis=(1, 2), keepdims=True), hi)
     else:
         lo = batch.min(axis=(1, 2), keepdims=True)
         hi = batch.max(axis=(1, 2), keepdims=True)
@@ -367,7 +373,9 @@ def normalize(
         Percentiles ``(lo, hi)`` with ``0 <= lo < hi <= 100``: the range of each map is its own
         ``lo``-th and ``hi``-th percentile instead of its minimum and maximum, so a few extreme
         pixels do not wash out the rest (``(1, 99)`` is a common choice); values beyond it take
-        the end values. Default: no clipping. Ignored when ``vrange`` is given.
+        the end values. A map whose clipped range is flat (its non-zero part is smaller than
+        the clipped share of pixels) takes its full range instead. Default: no clipping.
+        Ignored when ``vrange`` is given.
     signed : bool or None
         ``False`` (default): ``(m - lo) / (hi - lo)`` per map with ``lo, hi`` its minimum and
         maximum (or percentiles, or ``vrange``); a constant map gives zeros. ``True``: keep the

@@ -91,6 +91,9 @@ _ENCODER_SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
 
 #: Frames per second assumed for image folders, and for videos whose container does not say.
 DEFAULT_FPS = 25.0
+#: :meth:`VideoSource.frames_at` decodes forward to a frame at most this many frames ahead, and
+#: seeks to one further on.
+SEEK_GAP = 48
 
 #: Largest magnitude a float16 holds; maps beyond it are refused by :class:`MapsSink`.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -189,6 +192,36 @@ class FrameSource:
     def __iter__(self) -> Iterator[np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _wanted(self, indices) -> list[int]:
+        want = sorted({int(i) for i in np.asarray(indices, dtype=np.int64).ravel()})
+        if want and (want[0] < 0 or (self.frame_count is not None and want[-1] >= self.frame_count)):
+            raise InputError(f"{self.path}: frame numbers must lie in 0 .. {self.frame_count - 1 if self.frame_count else '?'}, "
+                             f"got {want[0] if want[0] < 0 else want[-1]}")
+        return want
+
+    def frames_at(self, indices) -> Iterator[tuple[int, np.ndarray]]:
+        """Only the frames numbered ``indices`` (any order, repeats ignored), in ascending order.
+
+        Yields
+        ------
+        (int, numpy.ndarray)
+            The frame number and the frame, uint8 ``(H, W, 3)`` RGB.
+
+        Raises
+        ------
+        InputError
+            For a number outside ``0 .. frame_count - 1``, or a frame that cannot be read.
+        """
+        want = self._wanted(indices)
+        if not want:
+            return
+        wanted = set(want)
+        for i, frame in enumerate(self):
+            if i in wanted:
+                yield i, frame
+            if i >= want[-1]:
+                return
+
     def batches(self, size: int, max_frames: int | None = None) -> Iterator[np.ndarray]:
         """Yield the frames in batches.
 
@@ -252,7 +285,7 @@ class VideoFileSource(FrameSource):
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             announced = int(stream.frames) if stream.frames and stream.frames > 0 else None
             announced_s = None if announced is not None else self._announced_seconds(container, stream)
-            packets, end_s = self._count_packets(container, stream)
+            packets, end_s, self._pts = self._count_packets(container, stream)
         if packets == 0:
             raise InputError(f"video {path} holds no decodable frame (empty or corrupt)")
         # A container's frame index is exact; a duration is not (rounding, a last frame's length),
@@ -314,11 +347,13 @@ class VideoFileSource(FrameSource):
             return container.duration / av.time_base
         return None
 
-    def _count_packets(self, container, stream) -> tuple[int, float | None]:
-        """Demux (no decoding): the video packets and the time their last one ends, in seconds from
-        the stream's start (``None`` without timestamps)."""
+    def _count_packets(self, container, stream) -> tuple[int, float | None, np.ndarray | None]:
+        """Demux (no decoding): the video packets, the time their last one ends, in seconds from
+        the stream's start (``None`` without timestamps), and the packets' presentation timestamps
+        sorted (frame ``i``'s is the ``i``-th; ``None`` when a packet has none or two are equal)."""
         n = 0
         end = None
+        pts: list[int] | None = []
         start = stream.start_time or 0
         try:
             for packet in container.demux(stream):
@@ -330,11 +365,21 @@ class VideoFileSource(FrameSource):
                 if packet.pts is not None and packet.time_base:
                     stop = float((packet.pts - start + (packet.duration or 0)) * packet.time_base)
                     end = stop if end is None else max(end, stop)
+                if pts is not None:
+                    if packet.pts is None:
+                        pts = None
+                    else:
+                        pts.append(int(packet.pts))
         except av.error.FFmpegError as exc:
             raise InputError(
                 f"video {self.path}: unreadable after frame {n} ({_reason(exc)}; truncated or corrupt)"
             ) from None
-        return n, end
+        order = None
+        if pts:
+            order = np.sort(np.asarray(pts, dtype=np.int64))
+            if np.any(np.diff(order) == 0):
+                order = None
+        return n, end, order
 
     def __iter__(self) -> Iterator[np.ndarray]:
         container = self._open()
@@ -373,6 +418,81 @@ class VideoFileSource(FrameSource):
             )
 
 
+    def frames_at(self, indices) -> Iterator[tuple[int, np.ndarray]]:
+        """Only the frames numbered ``indices``, in ascending order (see
+        :meth:`FrameSource.frames_at`), without converting the frames in between.
+
+        A frame more than :data:`SEEK_GAP` frames past the decoder's position is reached by seeking
+        to the keyframe at or before it (by its presentation timestamp, counted when the file was
+        opened) and decoding from there: intra-only codecs (FFV1, MJPEG) land on it exactly, others
+        decode at most one group of pictures. Where a video has no usable timestamps, or a seek
+        lands past the frame, frames are decoded from the start.
+        """
+        want = self._wanted(indices)
+        if not want:
+            return
+        pts = self._pts
+        index_of = None if pts is None else {int(p): i for i, p in enumerate(pts)}
+        container = self._open()
+        try:
+            stream = self._stream(container)
+            stream.thread_type = "AUTO"
+            frames = None  # the decoder's frame iterator
+            pos = 0  # frame number of the next frame it yields (None: unknown, after a seek)
+            for target in want:
+                if frames is None or (index_of is not None and (pos is None or not 0 <= target - pos <= SEEK_GAP)):
+                    if index_of is not None and target > 0:
+                        container.seek(int(pts[target]), stream=stream, backward=True, any_frame=False)
+                        pos = None  # known again from the first frame's timestamp
+                    else:  # the first frame wanted, from the start of the file
+                        pos = 0
+                    frames = self._decoded(container, stream, target)
+                for frame in frames:
+                    if index_of is not None and frame.pts is not None:
+                        k = index_of.get(int(frame.pts))
+                        if k is None:
+                            raise InputError(f"video {self.path}: a frame with a timestamp not in the file's index "
+                                             f"({frame.pts}) near frame {target}")
+                    elif pos is not None:
+                        k = pos
+                    else:  # a frame without a timestamp after a seek: its number is unknown
+                        yield from self._from_start([t for t in want if t >= target])
+                        return
+                    pos = k + 1
+                    if k < target:
+                        continue
+                    if k > target:  # the seek landed past it: decode from the start instead
+                        yield from self._from_start([t for t in want if t >= target])
+                        return
+                    if (frame.height, frame.width) != self.shape[:2]:
+                        raise InputError(
+                            f"video {self.path}: frame {k} is {frame.width}x{frame.height} (WxH) but the first "
+                            f"frame is {self.shape[1]}x{self.shape[0]}"
+                        )
+                    yield k, frame.to_ndarray(format="rgb24")
+                    break
+                else:
+                    raise InputError(f"video {self.path}: frame {target} could not be decoded (corrupt or truncated)")
+        finally:
+            container.close()
+
+    def _decoded(self, container, stream, target: int):
+        try:
+            for packet in container.demux(stream):
+                yield from packet.decode()
+        except av.error.FFmpegError as exc:
+            raise InputError(f"video {self.path}: frame {target} or one before it cannot be decoded "
+                             f"({_reason(exc)}; corrupt file)") from None
+
+    def _from_start(self, want: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        wanted = set(want)
+        for i, frame in enumerate(self):
+            if i in wanted:
+                yield i, frame
+            if i >= want[-1]:
+                return
+
+
 class ImageFolderSource(FrameSource):
     """Frames from image files (png, jpg, jpeg, bmp) in natural name order; see :func:`open_source`."""
 
@@ -404,6 +524,18 @@ class ImageFolderSource(FrameSource):
                     f"{width}x{height}: all images of a folder must have the same size"
                 )
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def frames_at(self, indices) -> Iterator[tuple[int, np.ndarray]]:
+        """Only the images numbered ``indices``, in ascending order; the others are not read."""
+        height, width = self.shape[:2]
+        for i in self._wanted(indices):
+            bgr = self._read(self.files[i])
+            if bgr.shape[:2] != (height, width):
+                raise InputError(
+                    f"image {self.files[i]} is {bgr.shape[1]}x{bgr.shape[0]} (WxH) but {self.files[0].name} is "
+                    f"{width}x{height}: all images of a folder must have the same size"
+                )
+            yield i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def open_source(path: str | os.PathLike | None = None, *, fps: float | None = None) -> FrameSource:

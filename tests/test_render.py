@@ -326,3 +326,18 @@ def test_render_errors():
         render.render(frame, np.zeros((2, 2)), scale=1.5)
     with pytest.raises(FastvizError):
         render.render(np.zeros((8, 8), np.uint8), np.zeros((2, 2)))
+
+
+def test_a_clipped_range_that_is_flat_falls_back_to_the_full_range():
+    """A map non-zero on fewer pixels than the clipped share (here 1 of 400, clip at the 99th
+    percentile) would be coloured flat; it takes its full range instead."""
+    m = np.zeros((20, 20), np.float32)
+    m[3, 4] = 2.0
+    u = render.normalize(m, clip=(0.0, 99.0))
+    assert u[3, 4] == 1.0 and u.sum() == 1.0
+    s = render.normalize(-m, clip=(1.0, 99.0), signed=True)  # signed: 0.5 + 0.5 * m / max|m|
+    assert s[3, 4] == 0.0 and np.all(np.delete(s.ravel(), 3 * 20 + 4) == 0.5)
+    # a map the clip does not flatten keeps its clipped range
+    ramp = np.arange(400, dtype=np.float32).reshape(20, 20)
+    np.testing.assert_allclose(render.normalize(ramp, clip=(0.0, 50.0)).max(), 1.0)
+    assert render.normalize(ramp, clip=(0.0, 50.0))[0, 5] == pytest.approx(5 / np.percentile(ramp, 50))

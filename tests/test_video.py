@@ -837,3 +837,49 @@ print("done")
 def test_errors_are_fastviz_errors():
     assert issubclass(InputError, FastvizError) and issubclass(InputFileNotFoundError, FastvizError)
     assert issubclass(OutputError, InputError) and issubclass(OutputError, OSError)
+
+
+# --------------------------------------------------------------------------- frames_at: only some frames
+
+
+def _moving(n: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """Frames that differ from each other: a bright square moving over a gradient."""
+    yy, xx = np.mgrid[:h, :w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        img = np.stack([(xx * 5) % 256, (yy * 7) % 256, np.full_like(xx, (i * 3) % 256)], -1).astype(np.uint8)
+        side = min(8, h // 2, w // 2)
+        y, x = (i * 2) % (h - side), (i * 3) % (w - side)
+        img[y:y + side, x:x + side] = 255
+        frames[i] = img
+    return frames
+
+
+@pytest.mark.parametrize("name,codec", [("a.mkv", None), ("a.mp4", None), ("a.avi", None)])
+def test_frames_at_equals_the_same_frames_of_a_full_decode(tmp_path, name, codec):
+    """FFV1 (intra-only), H.264 (keyframes far apart: seeks land before the frame and decode
+    forward) and MJPEG: the frames asked for are those a full decode gives, in ascending order."""
+    path = write_with(VideoSink(tmp_path / name, fps=25, size=(32, 48), codec=codec), _moving(300)).path
+    source = open_source(path)
+    everything = list(source)
+    want = [299, 0, 5, 5, 6, 120, 121, 200, 201, 250, 40]
+    got = list(source.frames_at(want))
+    assert [k for k, _ in got] == sorted(set(want))
+    for k, frame in got:
+        np.testing.assert_array_equal(frame, everything[k], err_msg=f"frame {k}")
+    assert list(source.frames_at([])) == []
+    with pytest.raises(InputError, match=r"0 \.\. 299"):
+        list(source.frames_at([300]))
+
+
+def test_frames_at_of_an_image_folder_reads_only_those_files(tmp_path):
+    frames = _moving(5, 6, 8)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    source = open_source(tmp_path)
+    (tmp_path / "f2.png").write_bytes(b"not an image")  # never read: not asked for
+    got = list(source.frames_at([4, 1]))
+    assert [k for k, _ in got] == [1, 4]
+    np.testing.assert_array_equal(got[1][1], frames[4])
+    with pytest.raises(InputError, match="f2.png"):
+        list(source.frames_at([2]))

@@ -320,44 +320,41 @@ def _read_frames(sources: list[dict], source: np.ndarray, index: np.ndarray, wan
     views: dict[int, np.ndarray] = {}
     notes: list[str] = []
     h_in, w_in = input_size
+    checked: dict[str, str | None] = {}  # path -> why it cannot be used (None: it can), checked once
+    unread: dict[tuple[str, str], int] = {}  # (path, why) -> frames of the report drawn without it
+    top, bottom, left, right = crop
     for k in np.unique(source[wanted]):
         sel = wanted[source[wanted] == k]
         src = sources[int(k)] if int(k) < len(sources) else {}
         path = Path(str(src.get("path", "")))
-        if not path.exists():
-            notes.append(f"source {path} is not there any more: its {sel.size} frames in the report are maps alone")
+        key = f"{path}\0{src.get('sha256')}"
+        if key not in checked:
+            checked[key] = None
+            if not path.exists():
+                checked[key] = "is not there any more"
+            else:
+                try:
+                    if describe(path).sha256 != src.get("sha256"):
+                        checked[key] = "changed since the audit (SHA-256 differs)"
+                except InputError as exc:
+                    checked[key] = f"cannot be read ({exc})"
+        if checked[key] is not None:
+            unread[(str(path), checked[key])] = unread.get((str(path), checked[key]), 0) + int(sel.size)
             continue
+        by_index = {int(index[g]): int(g) for g in sel}
         try:
-            now = describe(path)
-        except InputError as exc:
-            notes.append(f"source {path} cannot be read ({exc}): its frames in the report are maps alone")
-            continue
-        if now.sha256 != src.get("sha256"):
-            notes.append(f"source {path} changed since the audit (SHA-256 differs): its frames in the report are maps "
-                         "alone")
-            continue
-        need = {int(index[g]): int(g) for g in sel}
-        last = max(need)
-        it = iter(open_source(path))
-        try:
-            for i, frame in enumerate(it):
-                if i in need:
-                    g = need[i]
-                    pictures[g] = frame
-                    top, bottom, left, right = crop
-                    fh, fw = frame.shape[:2]
-                    y0, y1 = int(round(top * fh)), max(int(round(bottom * fh)), int(round(top * fh)) + 1)
-                    x0, x1 = int(round(left * fw)), max(int(round(right * fw)), int(round(left * fw)) + 1)
-                    views[g] = cv2.resize(frame[y0:y1, x0:x1], (w_in, h_in), interpolation=cv2.INTER_AREA)
-                    progress(1)
-                if i >= last:
-                    break
-        except Exception as exc:  # a decode error part-way: keep what was read
-            notes.append(f"source {path} failed part-way while its frames were read again ({exc})")
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+            for i, frame in open_source(path).frames_at(sorted(by_index)):
+                g = by_index[i]
+                pictures[g] = frame
+                fh, fw = frame.shape[:2]
+                y0, y1 = int(round(top * fh)), max(int(round(bottom * fh)), int(round(top * fh)) + 1)
+                x0, x1 = int(round(left * fw)), max(int(round(right * fw)), int(round(left * fw)) + 1)
+                views[g] = cv2.resize(frame[y0:y1, x0:x1], (w_in, h_in), interpolation=cv2.INTER_AREA)
+                progress(1)
+        except InputError as exc:  # a decode error part-way: keep what was read
+            notes.append(f"source {path} failed while its frames were read again ({exc})")
+    for (path, why), count in unread.items():
+        notes.append(f"source {path} {why}: its {count} frames in the report are maps alone")
     return pictures, views, notes
 
 
@@ -879,19 +876,9 @@ def _faithfulness(plt, g, names, use, units) -> dict:
 
 
 def _mean_rows(array, rows: np.ndarray) -> np.ndarray:
-    """Mean over ``rows`` of a ``(N, S)`` store array, read chunk by chunk along the frames."""
-    n = array.shape[0]
-    step = int(array.chunks[0]) if hasattr(array, "chunks") else n
-    total = np.zeros(array.shape[1], np.float64)
-    count = 0
-    for g0 in range(0, n, max(step, 1024)):
-        g1 = min(g0 + max(step, 1024), n)
-        sel = rows[(rows >= g0) & (rows < g1)]
-        if sel.size:
-            block = np.asarray(array[g0:g1], dtype=np.float64)
-            total += block[sel - g0].sum(0)
-            count += sel.size
-    return total / max(count, 1)
+    """Mean over ``rows`` of a ``(N, S)`` store array (small: read at once, which lets Zarr read
+    its chunks concurrently)."""
+    return np.asarray(array[:], dtype=np.float64)[rows].mean(0)
 
 
 def _sanity_rows(attrs, names) -> list[dict]:
