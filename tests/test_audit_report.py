@@ -113,6 +113,32 @@ def test_mean_maps_of_an_empty_class_are_zero():
     assert not class_means[0].any() and not class_means[2].any() and np.all(class_means[1] == 1.0)
 
 
+def test_strategies_leave_zero_maps_out_and_find_planted_ones():
+    """Three planted strategies (a blob left, centre or right) and four maps that are zero
+    everywhere: the zero maps are counted apart, the rest fall into three clusters of twelve
+    (more than the graph's ten neighbours, so a strategy's maps are each other's neighbours)."""
+    rng = np.random.default_rng(1)
+    maps = {}
+    for i in range(36):
+        m = np.zeros((16, 48), np.float32)
+        x = 6 + 18 * (i % 3)
+        m[4:12, x:x + 6] = 1.0 + rng.random((8, 6))
+        maps[i] = m
+    for i in range(36, 40):
+        maps[i] = np.zeros((16, 48), np.float32)
+    rows = np.arange(40)
+    error = rng.normal(size=40)
+    pics = fr._Pictures((0.0, 1.0, 0.0, 1.0), (16, 48))
+    (entry,) = fr._strategies(["m"], rows, {"m": maps}, error, {}, pics, {"m": False}, 0, False)
+    assert entry["zero"] == 4 and entry["maps"] == 36 and entry["k"] == 3 and not entry["at_cap"]
+    assert sorted(c["size"] for c in entry["clusters"]) == [12, 12, 12]
+    for c in entry["clusters"]:
+        strategy = {f % 3 for f in c["example_frames"]}
+        assert len(strategy) == 1  # each cluster's examples share one strategy
+        members = [f for f in range(36) if f % 3 in strategy]
+        assert c["error"] == fr._fmt(float(np.mean(np.abs(error[members]))), 3)
+
+
 # --------------------------------------------------------------------------- the page against the store
 
 
@@ -162,7 +188,10 @@ def test_strategies_and_scene_groups_cover_the_analysis_sample(page):
         k = int(re.search(rf"<h3>{m}: (\d+) cluster", spray).group(1))
         assert 1 <= k <= 8
     sizes = [int(s) for s in re.findall(r'<tr class="cluster"><td>\d+</td><td>(\d+)</td>', spray)]
-    assert sum(sizes) == len(METHODS) * QUICK["analysis"]
+    clustered = [int(s) for s in re.findall(r"<p>(\d+) maps clustered", spray)]
+    zero = [int(s) for s in re.findall(r"(\d+) maps that are zero everywhere left out", spray)]
+    assert len(clustered) == len(METHODS) and sum(sizes) == sum(clustered)
+    assert sum(clustered) + sum(zero) == len(METHODS) * QUICK["analysis"]
     scenes = section(html, "scenes")
     groups = [int(s) for s in re.findall(r'<tr class="group"><td>\d+</td><td>(\d+)</td>', scenes)]
     assert sum(groups) == QUICK["analysis"] and 2 <= len(groups) <= 6

@@ -545,8 +545,12 @@ def write_report(
                     for m in names}
 
         def representative(m: str, members: np.ndarray, target: np.ndarray) -> int | None:
-            """The analysis frame (of ``members``, row numbers) whose unit-sum map is nearest ``target``."""
+            """The analysis frame (of ``members``, row numbers) whose unit-sum map is nearest ``target``
+            (maps that are zero everywhere excluded: they would be near any diffuse mean)."""
             if members.size == 0 or features[m] is None:
+                return None
+            members = members[features[m][members].sum(1) > 0]
+            if members.size == 0:
                 return None
             t = map_features(target[None])[0]
             d = ((features[m][members] - t) ** 2).sum(1)
@@ -576,7 +580,7 @@ def write_report(
         # strategies (SpRAy)
         spray_sections = []
         if strategies and analysis_idx.size >= 3:
-            spray_sections = _strategies(names, features, analysis_idx, kept, error, pictures, pics, seed, steering)
+            spray_sections = _strategies(names, analysis_idx, kept, error, pictures, pics, signed, seed, steering)
         elif strategies:
             notes.append(f"SpRAy needs at least 3 computed frames; the store has {analysis_idx.size}")
         bar.update(1)
@@ -756,40 +760,48 @@ def _prediction_section(plt, prediction, truth, time_s, source, sources, use, un
     }
 
 
-def _strategies(names, features, analysis_idx, kept, error, pictures, pics, seed, steering) -> list[dict]:
+def _strategies(names, analysis_idx, kept, error, pictures, pics, signed, seed, steering) -> list[dict]:
+    """SpRAy per method over the analysis sample's maps. Maps that are zero everywhere (Grad-CAM's
+    after its ReLU, on some frames) show no strategy and would sit near the centre of any diffuse
+    cluster, so they are counted apart and left out."""
     from .strategies import spray
 
     plt = _pyplot()
     out = []
     for m in names:
-        result = spray(np.stack([kept[m][i] for i in analysis_idx]), seed=seed)
+        rows = np.array([i for i in analysis_idx if np.any(kept[m][i])], dtype=np.int64)
+        entry = {"method": m, "zero": int(analysis_idx.size - rows.size), "maps": int(rows.size), "clusters": [],
+                 "k": 0, "eigen": None, "eigenvalues": "", "at_cap": False}
+        out.append(entry)
+        if rows.size < 3:
+            continue
+        max_clusters = 8
+        result = spray(np.stack([kept[m][i] for i in rows]), seed=seed, max_clusters=max_clusters)
         fig, ax = plt.subplots(figsize=(4, 2.6))
         ev = result.eigenvalues
         ax.plot(np.arange(1, ev.size + 1), ev, "o-", color="#4393c3", ms=4)
         ax.axvline(result.clusters + 0.5, color="#d6604d", lw=0.8, ls="--")
         ax.set_xlabel("eigenvalue number")
         ax.set_ylabel("normalised Laplacian")
-        ax.set_title(f"eigengap after {result.clusters}", fontsize=9)
-        eig_png = _figure_png(fig)
-        clusters = []
+        ax.set_title(f"largest gap after {result.clusters}", fontsize=9)
+        entry.update(k=result.clusters, eigen=_figure_png(fig), eigenvalues=", ".join(f"{v:.3f}" for v in ev),
+                     at_cap=result.clusters == min(max_clusters, rows.size - 1))
         order = np.argsort(-np.bincount(result.labels, minlength=result.clusters), kind="stable")
         for c in order:
             members = np.flatnonzero(result.labels == c)
-            frames = analysis_idx[members]
+            frames = rows[members]
             errs = np.abs(error[frames])
             mean_map = unit_max(np.stack([kept[m][i] for i in frames])).mean(0)
-            examples = analysis_idx[_closest(result.features, members, EXAMPLES)]
-            clusters.append({
+            examples = rows[_closest(result.features, members, EXAMPLES)]
+            entry["clusters"].append({
                 "size": int(members.size),
-                "share": f"{100 * members.size / analysis_idx.size:.0f}%",
+                "share": f"{100 * members.size / rows.size:.0f}%",
                 "error": (_deg(float(np.nanmean(errs))) if steering else _fmt(float(np.nanmean(errs)), 3))
                 if np.isfinite(errs).any() else "–",
                 "mean": pics.overlay(pictures.get(int(examples[0])), mean_map, False),
-                "examples": [pics.overlay(pictures.get(int(i)), kept[m][i], _signed(m, {})) for i in examples],
+                "examples": [pics.overlay(pictures.get(int(i)), kept[m][i], signed[m]) for i in examples],
                 "example_frames": [int(i) for i in examples],
             })
-        out.append({"method": m, "clusters": clusters, "k": result.clusters, "eigen": eig_png,
-                    "eigenvalues": ", ".join(f"{v:.3f}" for v in result.eigenvalues)})
     return out
 
 
