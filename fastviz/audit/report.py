@@ -841,6 +841,7 @@ def _scenes(kind, groups, names, analysis_idx, views, kept, error, pictures, pic
         "groups": out, "k": k, "frames": int(have.size), "vocabulary": vocabulary.size,
         "silhouette": ", ".join(f"{kk}: {v:.3f}" for kk, v in scores.items()),
         "chosen": "given" if groups is not None else "best silhouette",
+        "at_cap": groups is None and bool(scores) and k == max(scores),
     }, None
 
 
