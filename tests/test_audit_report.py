@@ -166,6 +166,8 @@ def test_summary_and_prediction_agree_with_the_store(page, store):
     assert result.frames == k == SMALL["max_frames"]
     assert f'<b id="r2">{r2:.3g}</b>' in html
     assert f'<b id="rmse">{math.degrees(rmse):.2f}°</b>' in html
+    # the audit records the crop the model sees, with which maps go back onto frames
+    assert g.attrs["model"]["crop"] == list(fv.models.load().transform.crop)
     summary = section(html, "summary")
     assert g.attrs["model"]["weights_sha256"] in summary and "grad_cam, visual_backprop" in summary
 
