@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import fastviz as fv
@@ -292,6 +293,50 @@ def test_an_incomplete_store_gives_a_report_of_the_chunks_done(tmp_path, model, 
     assert 'id="incomplete"' in html and "1 of 3 chunks are done" in html
     shown = [int(x) for x in re.findall(r'<div class="meta">frame (\d+) ', html)]
     assert shown and max(shown) < SMALL["chunk"]
+
+
+class TinyClassifier(torch.nn.Module):
+    """Three classes from 24 x 32 RGB; ``preprocess`` resizes frames to that and scales to [0, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 3)
+        self.eval()
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+    def preprocess(self, frames):
+        x = torch.from_numpy(np.stack([cv2.resize(f, (32, 24), interpolation=cv2.INTER_AREA) for f in frames]))
+        return x.permute(0, 3, 1, 2).float() / 255.0
+
+
+def test_a_classifier_audit_without_truth_gets_a_report(tmp_path):
+    """No steering and no recorded output: no R², no worst frames, one mean map per method (no
+    left/straight/right), maps over whole frames (the model takes the whole frame)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        img = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        img[:, : 4 + i] = 255 - img[:, : 4 + i]
+        cv2.imwrite(str(folder / f"im{i:02d}.png"), img)
+    path = tmp_path / "cls.zarr"
+    fv.audit(path, [folder], model=TinyClassifier(), methods=["grad_cam", "saliency"], chunk=4, batch=4, steps=2,
+             sanity_frames=2, progress=False)
+    g = zarr.open_group(str(path), mode="r")
+    assert g.attrs["model"]["crop"] == [0.0, 1.0, 0.0, 1.0] and g.attrs["model"]["output_units"] is None
+    result = fr.write_report(path, tmp_path / "r.html", worst=3, sample=3, analysis=12)
+    html = result.path.read_text(encoding="utf-8")
+    assert result.frames == 12 and result.notes == []
+    assert 'id="r2"' not in html and "nothing to compare the predictions with" in html
+    assert "No recorded output to rank the frames by error." in html
+    assert len(images(section(html, "looks"))) == 2  # one mean map per method
+    assert len(re.findall(r'<div class="meta">', section(html, "sample"))) == 3
+    assert "output units" in section(html, "summary")
 
 
 # --------------------------------------------------------------------------- bad input, the command line, a full disk

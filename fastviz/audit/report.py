@@ -734,7 +734,8 @@ def _prediction_section(plt, prediction, truth, time_s, source, sources, use, un
     t = np.where(np.isfinite(time_s), time_s, 0.0) + offsets[source]
     fig, ax = plt.subplots(figsize=(10, 3))
     p = np.where(use, prediction, np.nan) * scale
-    ax.plot(t, truth * scale, color="#444444", lw=0.8, label="recorded")
+    if np.isfinite(truth).any():
+        ax.plot(t, truth * scale, color="#444444", lw=0.8, label="recorded")
     ax.plot(t, p, color="#d6604d", lw=0.8, label="predicted")
     ax.axhline(0.0, color="#bbbbbb", lw=0.5)
     ax.set_xlabel("time (s, sources end to end)")
