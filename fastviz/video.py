@@ -456,13 +456,13 @@ class VideoFileSource(FrameSource):
                     elif pos is not None:
                         k = pos
                     else:  # a frame without a timestamp after a seek: its number is unknown
-                        yield from self._from_start([t for t in want if t >= target])
+                        yield from FrameSource.frames_at(self, [t for t in want if t >= target])
                         return
                     pos = k + 1
                     if k < target:
                         continue
                     if k > target:  # the seek landed past it: decode from the start instead
-                        yield from self._from_start([t for t in want if t >= target])
+                        yield from FrameSource.frames_at(self, [t for t in want if t >= target])
                         return
                     if (frame.height, frame.width) != self.shape[:2]:
                         raise InputError(
@@ -483,14 +483,6 @@ class VideoFileSource(FrameSource):
         except av.error.FFmpegError as exc:
             raise InputError(f"video {self.path}: frame {target} or one before it cannot be decoded "
                              f"({_reason(exc)}; corrupt file)") from None
-
-    def _from_start(self, want: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        wanted = set(want)
-        for i, frame in enumerate(self):
-            if i in wanted:
-                yield i, frame
-            if i >= want[-1]:
-                return
 
 
 class ImageFolderSource(FrameSource):

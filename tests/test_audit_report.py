@@ -246,14 +246,19 @@ def test_the_page_size_is_bounded_by_the_pictures_not_the_frames(tmp_path, store
 # --------------------------------------------------------------------------- sources gone or changed, incomplete stores
 
 
-def test_a_removed_source_draws_maps_alone_and_says_so(tmp_path, model, log_copy):
-    folder = tmp_path / "gone"
+def audit_of_a_copy(folder: Path, model, log_copy) -> Path:
+    """A 12-frame audit of a copy of the drive log in ``folder`` (which the test may then change)."""
     folder.mkdir()
     shutil.copy(log_copy, folder / "drive.mkv")
     shutil.copy(log_copy.with_suffix(".csv"), folder / "drive.csv")
-    path = tmp_path / "gone.zarr"
+    path = folder.with_suffix(".zarr")
     fv.audit(path, [folder / "drive.mkv"], model=model, **{**SMALL, "max_frames": 12})
-    (folder / "drive.mkv").unlink()
+    return path
+
+
+def test_a_removed_source_draws_maps_alone_and_says_so(tmp_path, model, log_copy):
+    path = audit_of_a_copy(tmp_path / "gone", model, log_copy)
+    (tmp_path / "gone" / "drive.mkv").unlink()
     result = fr.write_report(path, tmp_path / "r.html", worst=2, sample=1, analysis=12)
     html = result.path.read_text(encoding="utf-8")
     assert any("is not there any more" in n for n in result.notes)
@@ -262,13 +267,8 @@ def test_a_removed_source_draws_maps_alone_and_says_so(tmp_path, model, log_copy
 
 
 def test_a_changed_source_is_not_used(tmp_path, model, log_copy):
-    folder = tmp_path / "changed"
-    folder.mkdir()
-    shutil.copy(log_copy, folder / "drive.mkv")
-    shutil.copy(log_copy.with_suffix(".csv"), folder / "drive.csv")
-    path = tmp_path / "changed.zarr"
-    fv.audit(path, [folder / "drive.mkv"], model=model, **{**SMALL, "max_frames": 12})
-    with open(folder / "drive.csv", "a") as f:
+    path = audit_of_a_copy(tmp_path / "changed", model, log_copy)
+    with open(tmp_path / "changed" / "drive.csv", "a") as f:
         f.write("\n")
     result = fr.write_report(path, tmp_path / "r.html", worst=1, sample=1, analysis=12, scenes="none")
     assert any("changed since the audit" in n for n in result.notes)

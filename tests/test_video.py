@@ -868,6 +868,12 @@ def test_frames_at_equals_the_same_frames_of_a_full_decode(tmp_path, name, codec
     for k, frame in got:
         np.testing.assert_array_equal(frame, everything[k], err_msg=f"frame {k}")
     assert list(source.frames_at([])) == []
+    # without timestamps (no seeking: frames are counted from the start)
+    source._pts = None
+    again = list(source.frames_at(want))
+    assert [k for k, _ in again] == sorted(set(want))
+    for k, frame in again:
+        np.testing.assert_array_equal(frame, everything[k], err_msg=f"frame {k}, no timestamps")
     with pytest.raises(InputError, match=r"0 \.\. 299"):
         list(source.frames_at([300]))
 
