@@ -261,7 +261,12 @@ class FrameReader:
                 return []
         if self._open is None or self._open[0] != k or self._next > start:
             self.close()
-            self._open, self._next = (k, iter(open_source(src.path))), 0
+            source = open_source(src.path)
+            if start > 0:  # seek (a resumed audit, a Ray worker's chunk): the same frames as decoding from 0
+                frames_from = (frame for _, frame in source.frames_at(range(start, src.frames)))
+                self._open, self._next = (k, frames_from), start
+            else:
+                self._open, self._next = (k, iter(source)), 0
         frames: list[np.ndarray] = []
         it = self._open[1]
         try:
@@ -284,8 +289,8 @@ class FrameReader:
             self.on_failure(k, src)
 
     def read(self, g0: int, g1: int) -> Batch:
-        """Frames ``g0 .. g1`` (global numbers, ascending from call to call; going back reopens
-        the source and decodes from its start).
+        """Frames ``g0 .. g1`` (global numbers; reading on from the previous call decodes forward,
+        anything else reopens the source at ``g0``'s frame, seeking where the container allows).
 
         Returns
         -------

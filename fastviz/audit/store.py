@@ -386,13 +386,38 @@ class AuditStore:
         OutputError
             When a write fails (the chunk stays not done).
         """
+        self.write_arrays(c, {k: v for k, v in arrays.items() if k != "progress/seconds"})
+        self.mark_done(c, arrays["progress/seconds"])
+
+    def write_arrays(self, c: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write chunk ``c`` of each named per-frame array, without marking it done: the first half
+        of the commit, done by whoever computed the chunk (a Ray worker, or :meth:`write_chunk`).
+
+        Raises
+        ------
+        OutputError
+            When a write fails.
+        """
         g0, g1 = self.chunk_range(c)
         try:
             for name, values in arrays.items():
-                if name == "progress/seconds":
-                    self.group[name][c] = values
-                else:
-                    self.group[name][g0:g1] = values
+                if name.startswith("progress/"):
+                    raise ValueError(f"{name} is the commit record: written by mark_done")
+                self.group[name][g0:g1] = values
+        except OSError as exc:
+            raise OutputError(f"cannot write audit store {self.path}: {exc.strerror or exc}", exc.errno) from None
+
+    def mark_done(self, c: int, seconds: np.ndarray) -> None:
+        """The second half of the commit: chunk ``c``'s seconds (per method, then the metrics), then
+        its completion record. Called only after every array of the chunk is written.
+
+        Raises
+        ------
+        OutputError
+            When a write fails (the chunk stays not done).
+        """
+        try:
+            self.group["progress/seconds"][c] = seconds
             self.group["progress/done"][c] = True
         except OSError as exc:
             raise OutputError(f"cannot write audit store {self.path}: {exc.strerror or exc}", exc.errno) from None
