@@ -67,6 +67,12 @@ def add_parser(commands, types) -> argparse.ArgumentParser:
                     help="a method fails the check when |rank correlation| >= R (default: %(default)s)")
     au.add_argument("--overwrite", action="store_true",
                     help="start again when STORE is an audit store with other settings (or complete)")
+    au.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="compute the chunks on Ray workers (pip install 'fastviz[dist]'): on the cluster at ADDRESS "
+                    "('auto': the one this machine belongs to), or without ADDRESS on a local Ray started for the "
+                    "audit; the store must be on a file system every worker reaches")
+    au.add_argument("--workers", type=types._positive_int, metavar="N",
+                    help="Ray workers (default: one per GPU of the cluster for --device cuda, else one per CPU)")
     au.add_argument("--report", metavar="FILE.html", help="then write the HTML report of the store (fastviz report)")
     au.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _report_options(au.add_argument_group("report (with --report)"), types)
@@ -142,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         chunk=args.chunk, device=args.device, memory_budget=args.memory_budget, max_frames=args.max_frames,
         steps=args.steps, sanity_frames=args.sanity_frames, sanity_threshold=args.sanity_threshold,
         overwrite=args.overwrite, progress=not args.quiet,
+        engine="ray" if args.ray is not None else "local",
+        address=None if args.ray in (None, "local") else args.ray, workers=args.workers,
     )
     what = "nothing left to compute" if result.computed == 0 else f"{result.computed} frames computed"
     print(result.summary())

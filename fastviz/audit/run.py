@@ -45,7 +45,8 @@ from . import sanity as fs
 from .sources import AuditSource, FrameReader, describe, expand_inputs
 from .store import AuditStore, is_store, now
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "DEFAULT_METHODS", "AuditResult", "audit", "summary", "weights_sha256"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "DEFAULT_METHODS", "AuditResult", "audit", "summary", "tainted_chunks",
+           "weights_sha256"]
 
 log = logging.getLogger("fastviz.audit")
 
@@ -190,6 +191,9 @@ def audit(
     overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> AuditResult:
     """Audit a model over drive logs, videos or image folders into a resumable Zarr store.
 
@@ -247,6 +251,16 @@ def audit(
         A tqdm progress bar (frames/s, ETA) on stderr.
     on_chunk : callable, optional
         ``on_chunk(chunk, frames_done)`` after each chunk is committed.
+    engine : {"local", "ray"}
+        ``"local"``: this process computes every chunk. ``"ray"``: Ray workers do
+        (:mod:`fastviz.audit.distributed`; extra ``dist``), one per GPU for a CUDA audit, else one
+        per CPU of the cluster; the store must be on a file system every worker reaches. The
+        store is the same either way, and either engine resumes the other's.
+    address : str, optional
+        The Ray cluster to join (``"auto"``: the one this machine belongs to); default a local
+        Ray started for the audit. Ray engine only.
+    workers : int, optional
+        Ray workers to start (default: the cluster's GPUs or CPUs). Ray engine only.
 
     Returns
     -------
@@ -274,6 +288,10 @@ def audit(
         raise InputError(f"max_frames must be a whole number >= 1, got {max_frames!r}")
     if not (isinstance(sanity_threshold, (int, float)) and 0 < sanity_threshold <= 1):
         raise InputError(f"sanity_threshold must lie in (0, 1], got {sanity_threshold!r}")
+    from .distributed import check_engine
+
+    check_engine(engine, address, workers)
+    by_name = isinstance(model, (str, Path))
     store = Path(store)
     if not store.parent.is_dir():
         raise InputError(f"cannot write audit store {store}: folder {store.parent} does not exist")
@@ -347,41 +365,69 @@ def audit(
         st = AuditStore.create(store, spec=spec, sources=[s.as_dict() for s in sources], frames=total, size=size,
                                methods=names, steps=steps, chunk=chunk, model=model_attrs, overwrite=overwrite)
 
-    computed = 0
     with st:
         done = st.done()
-        todo = np.flatnonzero(~done)
+        # chunks marked done that read a failed source past its failure (a Ray worker could not know
+        # of it yet when the audit was stopped) are computed again, like the chunks not done
+        todo = sorted(set(np.flatnonzero(~done).tolist()) | set(tainted_chunks(st, sources)))
 
         def record_failure(_k: int, _src: AuditSource) -> None:
             warnings.warn(f"input {_src.path} failed at frame {_src.frames_read}: {_src.error}", stacklevel=2)
             st.update(sources=[s.as_dict() for s in sources])
 
         fns = {m: functools.partial(_explain, method=m, options=method_options[m]) for m in names}
-        done_frames = int(sum(st.chunk_range(int(c))[1] - st.chunk_range(int(c))[0] for c in np.flatnonzero(done)))
-        chunks_done = int(done.sum())
+        tally = _Tally(done_frames=int(sum(st.chunk_range(int(c))[1] - st.chunk_range(int(c))[0]
+                                           for c in np.flatnonzero(done) if c not in todo)),
+                       chunks_done=int(done.sum()) - len([c for c in todo if done[c]]))
         try:
-            with FrameReader(sources, model.preprocess, on_failure=record_failure) as reader, tqdm(
-                total=total, initial=done_frames, unit="frame", file=sys.stderr, disable=not progress,
-                dynamic_ncols=True, desc="audit",
-            ) as bar:
-                for c in todo:
-                    c = int(c)
+            with tqdm(total=total, initial=tally.done_frames, unit="frame", file=sys.stderr, disable=not progress,
+                      dynamic_ncols=True, desc="audit") as bar:
+
+                def commit(c: int, seconds: np.ndarray, shown: int = 0) -> None:
+                    """The driver's half of a chunk's commit, and the counts."""
+                    st.mark_done(c, seconds)
                     g0, g1 = st.chunk_range(c)
-                    shown = [0]
-
-                    def advance(n: int) -> None:  # the bar moves batch by batch
-                        shown[0] += n
-                        bar.update(n)
-
-                    arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
-                                    random_seed=random_seed, budget=budget, size=size, advance=advance)
-                    st.write_chunk(c, arrays)
-                    chunks_done += 1
-                    computed += g1 - g0
-                    done_frames += g1 - g0
-                    bar.update(g1 - g0 - shown[0])
+                    if c not in tally.committed:
+                        tally.committed.add(c)
+                        tally.chunks_done += 1
+                        tally.computed += g1 - g0
+                        tally.done_frames += g1 - g0
+                        bar.update(g1 - g0 - shown)
                     if on_chunk is not None:
-                        on_chunk(c, done_frames)
+                        on_chunk(c, tally.done_frames)
+
+                passes = 0
+                while todo:
+                    if engine == "ray":
+                        from .distributed import RayPlan, run_on_ray
+
+                        plan = RayPlan(store=str(store.absolute()), model=model_name if by_name else model,
+                                       device=str(dev), sources=sources, methods=method_options, batch=batch,
+                                       steps=steps, random_seed=random_seed, budget=budget, size=size, chunk=chunk,
+                                       frames=total)
+                        run_on_ray(todo, plan, sources, address=address, workers=workers, on_commit=commit,
+                                   on_failure=lambda k: record_failure(k, sources[k]))
+                    else:
+                        with FrameReader(sources, model.preprocess, on_failure=record_failure) as reader:
+                            for c in todo:
+                                g0, g1 = st.chunk_range(int(c))
+                                shown = [0]
+
+                                def advance(n: int) -> None:  # the bar moves batch by batch
+                                    if int(c) not in tally.committed:
+                                        shown[0] += n
+                                        bar.update(n)
+
+                                arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
+                                                random_seed=random_seed, budget=budget, size=size, advance=advance)
+                                seconds = arrays.pop("progress/seconds")
+                                st.write_arrays(int(c), arrays)
+                                commit(int(c), seconds, shown[0])
+                    # a failure met in this pass may show that chunks done before it read past it
+                    todo = tainted_chunks(st, sources)
+                    passes += 1
+                    if todo and passes > len(sources) + 1:  # each pass learns one failure at least
+                        raise RuntimeError(f"chunks {todo} of {store} keep reading past a failed source")
 
             sanity = st.attrs.get("sanity")
             if sanity is None and sanity_frames > 0:
@@ -391,6 +437,7 @@ def audit(
                 st.update(complete=True, completed=now())
         except BaseException as exc:
             n_chunks = len(done)
+            chunks_done = tally.chunks_done
             if chunks_done < n_chunks:
                 what = f"{chunks_done} of {n_chunks} chunks are done and kept"
             else:
@@ -398,8 +445,39 @@ def audit(
             exc.add_note(f"audit store {store}: {what}; run the same command again to resume")
             raise
     failed = [{"path": s.path, "error": s.error} for s in sources if s.error is not None]
-    return AuditResult(path=store, frames=total, computed=computed, seconds=time.perf_counter() - started,
+    return AuditResult(path=store, frames=total, computed=tally.computed, seconds=time.perf_counter() - started,
                        complete=True, sanity=(sanity or {}).get("methods", {}), failed=failed)
+
+
+@dataclass
+class _Tally:
+    """The driver's counts while chunks are committed."""
+
+    done_frames: int
+    chunks_done: int
+    computed: int = 0
+    committed: set = field(default_factory=set)
+
+
+def tainted_chunks(st: AuditStore, sources: Sequence[AuditSource]) -> list[int]:
+    """Chunks marked done whose ``frames/ok`` says a source that failed part-way was read past its
+    failure (``frames_read``): computed before the failure was known, they are computed again.
+
+    Only the Ray engine makes them (a worker starting its chunk after the failure point cannot
+    know of it); the single-process audit reads each source in order and stops at its failure.
+    """
+    failed = [(k, s.frames_read) for k, s in enumerate(sources) if s.frames_read is not None]
+    if not failed:
+        return []
+    done = st.done()
+    ok = np.asarray(st.group["frames/ok"][:], dtype=bool)
+    source = np.asarray(st.group["frames/source"][:])
+    index = np.asarray(st.group["frames/index"][:])
+    bad = np.zeros(ok.shape, dtype=bool)
+    for k, frames_read in failed:
+        bad |= ok & (source == k) & (index >= frames_read)
+    chunks = np.unique(np.flatnonzero(bad) // st.chunk)
+    return [int(c) for c in chunks if done[c]]
 
 
 def _explain(model: nn.Module, x: torch.Tensor, *, method: str, options: Mapping) -> torch.Tensor:
