@@ -203,3 +203,28 @@ def test_cli_ray_audit(tmp_path, ray, capsys):
                      "--chunk", "4", "--sanity-frames", "0", "--steps", "2", "-q"]) == 0
     assert "audit of 8 frames (8 frames computed)" in capsys.readouterr().out
     assert zarr.open_group(str(out), mode="r")["progress/done"][:].all()
+
+
+def test_an_error_in_a_worker_stops_the_audit_and_keeps_the_chunks_done(tmp_path, ray, monkeypatch, capsys):
+    """A worker that cannot write (here: told the disk is full on chunk 2) is not retried: the
+    audit stops with its error, as one line on the command line; the chunks committed stay done."""
+    from fastviz.audit import distributed
+    from fastviz.tempfiles import OutputError
+
+    run = distributed.ChunkWorker.run
+
+    def full_on_chunk_two(self, c, failures=()):
+        if c == 2:
+            raise OutputError("cannot write audit store: No space left on device")
+        return run(self, c, failures)
+
+    monkeypatch.setattr(distributed.ChunkWorker, "run", full_on_chunk_two)
+    path = tmp_path / "full.zarr"
+    with pytest.raises(OutputError, match="No space left") as info:
+        fv.audit(path, engine="ray", workers=1, **SMALL)
+    assert any("2 of 6 chunks are done and kept" in n for n in info.value.__notes__)
+    assert zarr.open_group(str(path), mode="r")["progress/done"][:].tolist() == [True, True] + [False] * 4
+    assert cli.main(["audit", "-o", str(tmp_path / "cli.zarr"), "--ray", "--workers", "1", "--methods", "grad_cam",
+                     "--max-frames", "12", "--chunk", "4", "-q"]) != 0
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err

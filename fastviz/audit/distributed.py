@@ -32,6 +32,7 @@ with the thread count): Ray gives each CPU worker one thread (``OMP_NUM_THREADS=
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -242,9 +243,11 @@ def _run_pass(ray, actors, todo, sources, on_commit, on_failure) -> None:
             i = running.pop(ref)
             try:
                 c, seconds, failures, _threads = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.as_instanceof_cause()
-                raise cause from None
+            except ray.exceptions.RayTaskError as exc:  # the worker's own error, as it was raised there
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None
+                raise
             for k, error, frames_read in failures:
                 src = sources[k]
                 if src.frames_read is None or frames_read < src.frames_read:
@@ -255,8 +258,9 @@ def _run_pass(ray, actors, todo, sources, on_commit, on_failure) -> None:
             on_commit(c, seconds)
             submit(i)
     finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
+        for ref in running:  # the workers are killed next; cancelling first stops them sooner
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
 
 
 def check_engine(engine: str, address: str | None, workers: int | None) -> None:
