@@ -6,15 +6,16 @@ without it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 import fastviz as fv
@@ -41,20 +42,44 @@ def ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The single-process reference runs with one thread, as each Ray CPU worker does (a
-    convolution's float32 result can change in its last bits with the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: A single-process audit in a fresh process with one thread, as each Ray CPU worker has (a
+#: convolution's float32 result can change in its last bits with the thread count, and a test
+#: process that ran other tests first need not compute as a fresh one does).
+LOCAL = """
+import json, sys, warnings
+import fastviz as fv
+args = json.loads(sys.argv[1])
+stop = args.pop("stop_after_frames")
+
+class Stop(Exception):
+    pass
+
+def on_chunk(chunk, frames_done):
+    if stop is not None and frames_done >= stop:
+        raise Stop
+warnings.simplefilter("ignore")
+try:
+    fv.audit(args.pop("path"), args.pop("inputs"), on_chunk=on_chunk, **args)
+except Stop:
+    sys.exit(3)
+"""
+
+
+def local_audit(path: Path, inputs=None, stop_after_frames: int | None = None, **settings) -> int:
+    """Run the single-process audit in a fresh process with one thread; its exit status (3: stopped)."""
+    args = {**SMALL, **settings, "path": str(path), "inputs": None if inputs is None else [str(i) for i in inputs],
+            "stop_after_frames": stop_after_frames}
+    args["methods"] = list(args["methods"])
+    proc = subprocess.run([sys.executable, "-c", LOCAL, json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode in (0, 3), proc.stderr
+    return proc.returncode
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, one_thread):
+def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("local") / "local.zarr"
-    fv.audit(path, **SMALL)
+    assert local_audit(path) == 0
     return path
 
 
@@ -110,23 +135,15 @@ def test_a_worker_killed_mid_chunk_is_restarted_and_the_store_is_the_same(tmp_pa
     same_store(reference, path)
 
 
-def test_one_engine_resumes_the_others_store(tmp_path, ray, reference, one_thread):
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(chunk: int, frames_done: int) -> None:
-        if frames_done >= 8:
-            raise Stop
-
+def test_one_engine_resumes_the_others_store(tmp_path, ray, reference):
     path = tmp_path / "mixed.zarr"
-    with pytest.raises(Stop):
-        fv.audit(path, **SMALL, on_chunk=stop_after_two)
+    assert local_audit(path, stop_after_frames=8) == 3
     assert zarr.open_group(str(path), mode="r")["progress/done"][:].sum() == 2
     fv.audit(path, engine="ray", **SMALL)
     same_store(reference, path)
 
 
-def test_an_input_that_fails_part_way_on_ray_gives_the_single_process_store(tmp_path, ray, one_thread, log):
+def test_an_input_that_fails_part_way_on_ray_gives_the_single_process_store(tmp_path, ray, log):
     """Image 3 of 6 has another size: the source ends there. With chunks of 2 frames on 3 workers,
     the second worker starts at chunk 2 (images 4 and 5) and reads them, not knowing of the failure
     the first meets in chunk 1; once it is known, chunk 2 is computed again."""
@@ -139,8 +156,7 @@ def test_an_input_that_fails_part_way_on_ray_gives_the_single_process_store(tmp_
         cv2.imwrite(str(images / f"f{i}.png"), frame[..., ::-1])
     video = write_ffv1(tmp_path / "after.mkv", log.frames[40:44])
     settings = {**SMALL, "max_frames": None, "chunk": 2, "batch": 2}
-    with pytest.warns(UserWarning, match="failed at frame 3"):
-        fv.audit(tmp_path / "local.zarr", [images, video], **settings)
+    assert local_audit(tmp_path / "local.zarr", [images, video], **settings) == 0
     commits: list[int] = []
     with pytest.warns(UserWarning, match="failed at frame 3"):
         fv.audit(tmp_path / "ray.zarr", [images, video], engine="ray", workers=3,

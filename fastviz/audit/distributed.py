@@ -100,12 +100,6 @@ class ChunkWorker:
         self.reader = FrameReader(plan.sources, self.model.preprocess, on_failure=self._failed)
         self.fns = {m: functools.partial(_explain, method=m, options=o) for m, o in plan.methods.items()}
         self.threads = torch.get_num_threads()  # Ray sets OMP_NUM_THREADS to the worker's CPUs
-        # Numba's parallel CPU kernels would start a thread per core in every worker: as many
-        # workers as cores would run cores^2 threads (on 2 cores, 2 workers then took
-        # about 2.5x longer per chunk)
-        import numba
-
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
 
     def _failed(self, k: int, src) -> None:
         self.failures.append((int(k), str(src.error), int(src.frames_read)))
