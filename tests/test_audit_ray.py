@@ -101,6 +101,13 @@ def test_a_ray_audit_equals_the_single_process_audit(tmp_path, ray, reference):
     same_store(reference, path)
 
 
+def test_ray_workers_write_a_store_at_a_url(tmp_path, ray, reference):
+    """The workers open the store by its URL (fsspec, as for ``s3://``): the same store."""
+    result = fv.audit((tmp_path / "url.zarr").as_uri(), engine="ray", **SMALL)
+    assert result.computed == 24
+    same_store(reference, tmp_path / "url.zarr")
+
+
 def _busy_worker(timeout: float = 20.0) -> int:
     """The pid of a Ray worker process running a chunk (its title is ``ray::ChunkWorker.run``)."""
     deadline = time.monotonic() + timeout

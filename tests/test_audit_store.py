@@ -384,3 +384,39 @@ def test_read_only_folder_is_an_error(tmp_path, model):
         with pytest.raises(OutputError):
             fv.audit(folder / "a.zarr", model=model, **SMALL)
         assert not os.listdir(folder)
+
+
+# --------------------------------------------------------------------------- stores at a URL (fsspec)
+
+
+def test_a_store_at_a_url_equals_one_at_a_path(tmp_path, reference, model):
+    """``file://`` goes through fsspec and Zarr's FsspecStore, as ``s3://`` would: the same
+    arrays, resumable, readable by open_store and summary, refused when it is something else."""
+    from fastviz.audit.store import is_store, open_store
+
+    url = (tmp_path / "u.zarr").as_uri()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(chunk, done):
+        raise Stop
+
+    with pytest.raises(Stop):
+        fv.audit(url, model=model, on_chunk=stop_after_one, **SMALL)
+    assert is_store(url) and not open_store(url).attrs["complete"]
+    result = fv.audit(url, model=model, **SMALL)  # resumed
+    assert result.computed == SMALL["max_frames"] - SMALL["chunk"]
+    ref, got = arrays(reference[0]), arrays(tmp_path / "u.zarr")
+    assert sorted(ref) == sorted(got)
+    for name in ref:
+        np.testing.assert_array_equal(ref[name], got[name], err_msg=name)
+    assert "10 frames from 1 source" in fv.audit.summary(url)
+    with pytest.raises(InputError, match="started with other settings: metric settings differ"):
+        fv.audit(url, model=model, **{**SMALL, "steps": 5})  # other settings: refused, named
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("not a store")
+    with pytest.raises(InputError, match="not a fastviz audit store"):
+        fv.audit((tmp_path / "other").as_uri(), model=model, **SMALL)
+    with pytest.raises(InputFileNotFoundError):
+        open_store((tmp_path / "missing.zarr").as_uri())

@@ -43,7 +43,8 @@ def add_parser(commands, types) -> argparse.ArgumentParser:
         ),
     )
     au.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs (default: the bundled drive log)")
-    au.add_argument("-o", "--output", required=True, metavar="STORE.zarr", help="the store folder to create or resume")
+    au.add_argument("-o", "--output", required=True, metavar="STORE.zarr",
+                    help="the store folder to create or resume, or a URL fsspec knows (s3://bucket/a.zarr)")
     au.add_argument("--model", default="pilotnet-carracing", metavar="NAME|PATH",
                     help=f"bundled model ({', '.join(fastviz.models.available())}) or a .safetensors file "
                     "(default: %(default)s)")
@@ -109,7 +110,7 @@ def add_report_parser(commands, types) -> argparse.ArgumentParser:
             "page requests nothing from a network. Frames are read again from the sources the store names."
         ),
     )
-    rp.add_argument("store", metavar="STORE.zarr", help="an audit store")
+    rp.add_argument("store", metavar="STORE.zarr", help="an audit store (a folder or a URL)")
     rp.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
     _report_options(rp, types)
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -8,8 +8,8 @@ audit as the single-process engine, into the same store, with the chunk as the u
   driver holds it), with one GPU each when the audit's device is CUDA, else one CPU. A worker
   computes a whole chunk exactly as the single-process audit does (:func:`fastviz.audit.run._chunk`:
   the same batches, budget and seeds), writes that chunk's arrays into the store itself (a path
-  every worker can reach: a shared file system), and returns its seconds and any input failure it
-  met. No two workers ever write one chunk.
+  every worker can reach, on a shared file system, or a URL fsspec knows such as ``s3://``), and
+  returns its seconds and any input failure it met. No two workers ever write one chunk.
 - **The driver** holds the store's lock, hands chunks out (each worker a contiguous run, so its
   decoder reads forward; an idle worker takes the far end of the longest run left), and records
   completion (``progress/seconds``, then ``progress/done``) as results come back: the same commit
@@ -82,12 +82,11 @@ class ChunkWorker:
         import functools
 
         import torch
-        import zarr
 
         from .. import models
         from .run import _explain
         from .sources import FrameReader
-        from .store import AuditStore
+        from .store import AuditStore, open_group
 
         self.plan = plan
         if isinstance(plan.model, str):
@@ -95,7 +94,7 @@ class ChunkWorker:
         else:
             self.model = plan.model.to(plan.device)
         self.model.eval()
-        self.store = AuditStore(plan.store, zarr.open_group(plan.store, mode="r+", zarr_format=3))
+        self.store = AuditStore(plan.store, open_group(plan.store, "r+"))
         self.failures: list[tuple[int, str, int]] = []
         self.reader = FrameReader(plan.sources, self.model.preprocess, on_failure=self._failed)
         self.fns = {m: functools.partial(_explain, method=m, options=o) for m, o in plan.methods.items()}

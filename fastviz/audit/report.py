@@ -449,7 +449,7 @@ def write_report(
     from tqdm import tqdm
 
     from ..tempfiles import atomic_output
-    from .store import open_store
+    from .store import is_url, open_store
 
     started = time.perf_counter()
     for name, value in (("worst", worst), ("sample", sample), ("analysis", analysis)):
@@ -596,9 +596,9 @@ def write_report(
 
         plt = _pyplot()
         context = {
-            "title": f"fastviz audit report — {Path(str(store)).name}",
+            "title": f"fastviz audit report — {str(store).rstrip('/').rsplit('/', 1)[-1]}",
             "generated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "store": str(Path(str(store)).absolute()),
+            "store": str(store) if is_url(store) else str(Path(str(store)).absolute()),
             "summary": _summary(attrs, spec, names, n, use, done, chunk, g),
             "complete": bool(attrs.get("complete")),
             "done_chunks": int(done.sum()),

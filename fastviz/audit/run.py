@@ -43,7 +43,7 @@ from ..hooks import model_device
 from . import metrics as fm
 from . import sanity as fs
 from .sources import AuditSource, FrameReader, describe, expand_inputs
-from .store import AuditStore, is_store, now
+from .store import AuditStore, is_store, is_url, now
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "DEFAULT_METHODS", "AuditResult", "audit", "summary", "tainted_chunks",
            "weights_sha256"]
@@ -206,10 +206,12 @@ def audit(
 
     Parameters
     ----------
-    store : path
-        The store folder (``.zarr`` by convention). Created if absent; resumed if it is an audit
-        store with the same settings; refused if its settings differ (unless ``overwrite``) or it
-        is anything else.
+    store : path or str
+        The store folder (``.zarr`` by convention), or a URL fsspec knows (``s3://bucket/a.zarr``,
+        ``file:///shared/a.zarr``; its protocol's package installed). Created if absent; resumed
+        if it is an audit store with the same settings; refused if its settings differ (unless
+        ``overwrite``) or it is anything else. At a URL, creation is not atomic and the store is
+        not locked against a second writer.
     inputs : path or list of paths, optional
         Drive logs (a video with a ``frame,time_s,steering_rad`` ``.csv`` beside it: the recorded
         steering is the truth), video files, image folders, or text files listing them (one per
@@ -292,11 +294,12 @@ def audit(
 
     check_engine(engine, address, workers)
     by_name = isinstance(model, (str, Path))
-    store = Path(store)
-    if not store.parent.is_dir():
-        raise InputError(f"cannot write audit store {store}: folder {store.parent} does not exist")
-    if store.exists() and not store.is_dir():
-        raise InputError(f"{store} is a file; an audit store is a folder")
+    if not is_url(store):
+        store = Path(store)
+        if not store.parent.is_dir():
+            raise InputError(f"cannot write audit store {store}: folder {store.parent} does not exist")
+        if store.exists() and not store.is_dir():
+            raise InputError(f"{store} is a file; an audit store is a folder")
     model, model_name = _resolve_model(model, device)
     if model.training:
         raise InputError("the model is in training mode: call model.eval() first (batch norm and dropout "
@@ -347,7 +350,7 @@ def audit(
                    # report places maps back onto frames with it
                    "crop": list(getattr(getattr(model, "transform", None), "crop", (0.0, 1.0, 0.0, 1.0)))}
 
-    if store.exists() and is_store(store) and not overwrite:
+    if is_store(store) and not overwrite:
         st = AuditStore.resume(store, spec)
         # failures found while reading (part-way through a source) were recorded: keep them
         recorded = st.attrs.get("sources") or []
@@ -401,7 +404,7 @@ def audit(
                     if engine == "ray":
                         from .distributed import RayPlan, run_on_ray
 
-                        plan = RayPlan(store=str(store.absolute()), model=model_name if by_name else model,
+                        plan = RayPlan(store=store if is_url(store) else str(store.absolute()), model=model_name if by_name else model,
                                        device=str(dev), sources=sources, methods=method_options, batch=batch,
                                        steps=steps, random_seed=random_seed, budget=budget, size=size, chunk=chunk,
                                        frames=total)

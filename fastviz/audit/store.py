@@ -54,6 +54,12 @@ loses at most the chunk in progress; leftover ``*.partial`` files of interrupted
 removed when the store is next opened for writing. Completion (``complete``, ``completed``,
 ``sanity``) is recorded last. One process writes a store at a time (an advisory ``flock`` on
 the store's folder).
+
+**Stores at a URL.** ``path`` may also be a URL fsspec knows (``s3://bucket/a.zarr``,
+``file:///shared/a.zarr``): the same layout through Zarr's ``FsspecStore``, for Ray workers on
+machines without a shared file system. Such a store is created in place (object stores cannot
+rename a folder; its attributes are written last, so one cut short is not an audit store and is
+refused) and is not locked against a second writer.
 """
 
 from __future__ import annotations
@@ -92,14 +98,62 @@ def _compressor():
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 
 
+def is_url(path) -> bool:
+    """Whether ``path`` names a store by URL (``s3://...``, ``gs://...``, ``file://...``: any
+    protocol fsspec knows) rather than by a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def _storage_options(url: str) -> dict:
+    # fsspec's local file system does not make folders by itself; Zarr writes chunks into them
+    return {"auto_mkdir": True} if url.split("://", 1)[0] in ("file", "local") else {}
+
+
+def _filesystem(url: str):
+    """``(fsspec file system, path within it)`` of a store URL.
+
+    Raises
+    ------
+    InputError
+        For a protocol fsspec does not know or whose package is not installed.
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **_storage_options(url))
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open audit store {url}: {exc}") from None
+
+
+def open_group(location, mode: str):
+    """The Zarr v3 group at a local path or a URL (``mode`` as for ``zarr.open_group``)."""
+    import zarr
+
+    if is_url(location):
+        return zarr.open_group(location, mode=mode, zarr_format=3, storage_options=_storage_options(location))
+    return zarr.open_group(str(location), mode=mode, zarr_format=3)
+
+
+def _exists(location) -> bool:
+    if is_url(location):
+        fs, root = _filesystem(location)
+        return bool(fs.exists(root))
+    return Path(location).exists()
+
+
 def is_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a fastviz audit store (a Zarr v3 group with this layout's format)."""
+    """Whether ``path`` (a local path or a URL) is a fastviz audit store (a Zarr v3 group with this
+    layout's format)."""
     import json
 
-    meta = Path(path) / "zarr.json"
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
+        if is_url(path):
+            fs, root = _filesystem(path)
+            text = fs.cat_file(root.rstrip("/") + "/zarr.json").decode()
+        else:
+            text = (Path(path) / "zarr.json").read_text()
+        attrs = json.loads(text).get("attributes", {})
+    except (OSError, ValueError, AttributeError, InputError):
         return False
     return isinstance(attrs, dict) and isinstance(attrs.get("fastviz"), dict) and \
         str(attrs["fastviz"].get("format", "")).startswith("fastviz.audit/")
@@ -117,16 +171,14 @@ def open_store(path: str | os.PathLike):
     InputFileNotFoundError, InputError
         If ``path`` does not exist or is not an audit store.
     """
-    import zarr
-
     from ..errors import InputFileNotFoundError
 
-    path = Path(path)
-    if not path.exists():
+    path = path if is_url(path) else Path(path)
+    if not _exists(path):
         raise InputFileNotFoundError(f"audit store not found: {path}")
     if not is_store(path):
         raise InputError(f"{path} is not a fastviz audit store (no zarr.json with a fastviz format)")
-    return zarr.open_group(str(path), mode="r", zarr_format=3)
+    return open_group(path, "r")
 
 
 _SPEC_NAMES = {
@@ -226,8 +278,9 @@ class AuditStore:
         InputError
             When ``path`` exists (without ``overwrite``) or is not an audit store.
         """
-        import zarr
-
+        if is_url(path):
+            return cls._create_at_url(path, spec=spec, sources=sources, frames=frames, size=size, methods=methods,
+                                      steps=steps, chunk=chunk, model=model, overwrite=overwrite)
         path = Path(path)
         old: Path | None = None
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
@@ -237,9 +290,6 @@ class AuditStore:
                 raise InputError(f"{path} exists and is not a fastviz audit store; name another path")
             if not overwrite:
                 raise InputError(f"{path} is an audit store already; pass --overwrite to start it again")
-        h, w = size
-        n_chunks = -(-frames // chunk)
-        comp = _compressor()
         if is_store(path) and not path.is_symlink():
             # replacing a store: set the old one aside under a temporary name (removed as stale
             # if this process dies), build the new one, then delete the old one; on an error the
@@ -251,41 +301,8 @@ class AuditStore:
                 raise OutputError(f"cannot replace audit store {path}: {exc.strerror}", exc.errno) from None
         try:
             with atomic_folder(path, what="audit store") as out:
-                g = zarr.open_group(str(out.path), mode="w", zarr_format=3)
-
-                def array(name, shape, chunks, dtype, fill):
-                    g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=comp)
-
-                array("frames/source", (frames,), (chunk,), "int32", -1)
-                array("frames/index", (frames,), (chunk,), "int64", -1)
-                array("frames/time_s", (frames,), (chunk,), "float64", np.nan)
-                array("frames/prediction", (frames,), (chunk,), "float32", np.nan)
-                array("frames/truth", (frames,), (chunk,), "float32", np.nan)
-                array("frames/ok", (frames,), (chunk,), "bool", False)
-                for m in methods:
-                    array(f"maps/{m}", (frames, h, w), (chunk, h, w), "float16", np.nan)
-                    for name in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
-                                 "entropy"):
-                        array(f"metrics/{m}/{name}", (frames,), (chunk,), "float32", np.nan)
-                    for name in ("deletion_curve", "insertion_curve"):
-                        array(f"metrics/{m}/{name}", (frames, steps + 1), (chunk, steps + 1), "float32", np.nan)
-                    array(f"metrics/{m}/centroid", (frames, 2), (chunk, 2), "float32", np.nan)
-                for name in ("deletion_curve", "insertion_curve"):
-                    array(f"metrics/random/{name}", (frames, steps + 1), (chunk, steps + 1), "float32", np.nan)
-                array("progress/done", (n_chunks,), (1,), "bool", False)
-                array("progress/seconds", (n_chunks, len(methods) + 1), (1, len(methods) + 1), "float64", np.nan)
-                from .. import __version__
-
-                g.attrs.update({
-                    "fastviz": {"format": FORMAT, "version": __version__},
-                    "spec": spec,
-                    "model": model,
-                    "sources": sources,
-                    "created": now(),
-                    "completed": None,
-                    "complete": False,
-                    "sanity": None,
-                })
+                _build(open_group(out.path, "w"), spec=spec, sources=sources, frames=frames, size=size,
+                       methods=methods, steps=steps, chunk=chunk, model=model)
         except BaseException:
             if old is not None and not path.exists():
                 with contextlib.suppress(OSError):
@@ -293,7 +310,25 @@ class AuditStore:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3))
+        return cls(path, open_group(path, "r+"))
+
+    @classmethod
+    def _create_at_url(cls, url: str, *, overwrite: bool, **layout) -> AuditStore:
+        """:meth:`create` at a URL: not atomic (object stores have no rename), so the layout is
+        written first and the attributes that make it an audit store last; a store cut short
+        while being created is not an audit store and is refused, named, on the next run."""
+        fs, root = _filesystem(url)
+        if fs.exists(root):
+            if not is_store(url):
+                raise InputError(f"{url} exists and is not a fastviz audit store; name another URL")
+            if not overwrite:
+                raise InputError(f"{url} is an audit store already; pass --overwrite to start it again")
+            fs.rm(root, recursive=True)
+        try:
+            _build(open_group(url, "w"), **layout)
+        except OSError as exc:
+            raise OutputError(f"cannot write audit store {url}: {exc.strerror or exc}", exc.errno) from None
+        return cls(url, open_group(url, "r+"))
 
     @classmethod
     def resume(cls, path: str | os.PathLike, spec: dict) -> AuditStore:
@@ -305,12 +340,10 @@ class AuditStore:
             If it is not an audit store, or it was started with other inputs, model or options
             (the message names the first difference).
         """
-        import zarr
-
-        path = Path(path)
+        path = path if is_url(path) else Path(path)
         if not is_store(path):
             raise InputError(f"{path} exists and is not a fastviz audit store; name another path")
-        g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        g = open_group(path, "r+")
         fmt = g.attrs.get("fastviz", {}).get("format")
         if fmt != FORMAT:
             raise InputError(f"{path} is an audit store of another layout ({fmt}); this fastviz writes {FORMAT}")
@@ -322,6 +355,8 @@ class AuditStore:
     # ------------------------------------------------------------------ lock
 
     def __enter__(self) -> AuditStore:
+        if is_url(self.path):  # no lock at a URL: one driver per store is the user's to keep
+            return self
         # an advisory lock on the store's folder itself (its inode never changes; zarr.json is
         # replaced on every attribute update), released by the kernel when the process dies
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -434,3 +469,45 @@ class AuditStore:
             self.group.attrs.update(attrs)
         except OSError as exc:
             raise OutputError(f"cannot write audit store {self.path}: {exc.strerror or exc}", exc.errno) from None
+
+
+def _build(g, *, spec: dict, sources: list[dict], frames: int, size: tuple[int, int], methods: Sequence[str],
+           steps: int, chunk: int, model: dict) -> None:
+    """Every array of the layout in group ``g``, then the attributes (last: they make it a store)."""
+    h, w = size
+    n_chunks = -(-frames // chunk)
+    comp = _compressor()
+
+    def array(name, shape, chunks, dtype, fill):
+        g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=comp)
+
+    array("frames/source", (frames,), (chunk,), "int32", -1)
+    array("frames/index", (frames,), (chunk,), "int64", -1)
+    array("frames/time_s", (frames,), (chunk,), "float64", np.nan)
+    array("frames/prediction", (frames,), (chunk,), "float32", np.nan)
+    array("frames/truth", (frames,), (chunk,), "float32", np.nan)
+    array("frames/ok", (frames,), (chunk,), "bool", False)
+    for m in methods:
+        array(f"maps/{m}", (frames, h, w), (chunk, h, w), "float16", np.nan)
+        for name in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
+                     "entropy"):
+            array(f"metrics/{m}/{name}", (frames,), (chunk,), "float32", np.nan)
+        for name in ("deletion_curve", "insertion_curve"):
+            array(f"metrics/{m}/{name}", (frames, steps + 1), (chunk, steps + 1), "float32", np.nan)
+        array(f"metrics/{m}/centroid", (frames, 2), (chunk, 2), "float32", np.nan)
+    for name in ("deletion_curve", "insertion_curve"):
+        array(f"metrics/random/{name}", (frames, steps + 1), (chunk, steps + 1), "float32", np.nan)
+    array("progress/done", (n_chunks,), (1,), "bool", False)
+    array("progress/seconds", (n_chunks, len(methods) + 1), (1, len(methods) + 1), "float64", np.nan)
+    from .. import __version__
+
+    g.attrs.update({
+        "fastviz": {"format": FORMAT, "version": __version__},
+        "spec": spec,
+        "model": model,
+        "sources": sources,
+        "created": now(),
+        "completed": None,
+        "complete": False,
+        "sanity": None,
+    })
