@@ -33,7 +33,6 @@ with the thread count): Ray gives each CPU worker one thread (``OMP_NUM_THREADS=
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -70,8 +69,6 @@ class RayPlan:
     random_seed: int
     budget: int
     size: tuple
-    chunk: int
-    frames: int
 
 
 class ChunkWorker:
@@ -80,8 +77,6 @@ class ChunkWorker:
 
     def __init__(self, plan: RayPlan) -> None:
         import functools
-
-        import torch
 
         from .. import models
         from .run import _explain
@@ -98,13 +93,9 @@ class ChunkWorker:
         self.failures: list[tuple[int, str, int]] = []
         self.reader = FrameReader(plan.sources, self.model.preprocess, on_failure=self._failed)
         self.fns = {m: functools.partial(_explain, method=m, options=o) for m, o in plan.methods.items()}
-        self.threads = torch.get_num_threads()  # Ray sets OMP_NUM_THREADS to the worker's CPUs
 
     def _failed(self, k: int, src) -> None:
         self.failures.append((int(k), str(src.error), int(src.frames_read)))
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def known_failures(self, failures: Sequence[tuple[int, str, int]]) -> None:
         """Failures other workers met: this worker's reader stops at them from now on."""
@@ -115,8 +106,9 @@ class ChunkWorker:
                 if self.reader._open is not None and self.reader._open[0] == k:
                     self.reader.close()
 
-    def run(self, c: int, failures: Sequence[tuple[int, str, int]] = ()) -> tuple[int, np.ndarray, list, int]:
-        """Compute chunk ``c`` and write its arrays. Returns ``(c, seconds, failures met, threads)``."""
+    def run(self, c: int, failures: Sequence[tuple[int, str, int]] = ()) -> tuple[int, np.ndarray, list]:
+        """Compute chunk ``c`` and write its arrays. Returns ``(c, seconds per method then the
+        metrics, input failures met)``."""
         from .run import _chunk
 
         self.known_failures(failures)
@@ -127,7 +119,7 @@ class ChunkWorker:
                         steps=p.steps, random_seed=p.random_seed, budget=p.budget, size=p.size)
         seconds = arrays.pop("progress/seconds")
         self.store.write_arrays(c, arrays)
-        return c, seconds, self.failures, self.threads
+        return c, seconds, self.failures
 
 
 def _shards(todo: Sequence[int], n: int) -> list[list[int]]:
@@ -235,7 +227,7 @@ def _run_pass(ray, actors, todo, sources, on_commit, on_failure) -> None:
             ref = ready[0]
             i = running.pop(ref)
             try:
-                c, seconds, failures, _threads = ray.get(ref)
+                c, seconds, failures = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:  # the worker's own error, as it was raised there
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, BaseException):

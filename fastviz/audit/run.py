@@ -406,8 +406,7 @@ def audit(
 
                         plan = RayPlan(store=store if is_url(store) else str(store.absolute()), model=model_name if by_name else model,
                                        device=str(dev), sources=sources, methods=method_options, batch=batch,
-                                       steps=steps, random_seed=random_seed, budget=budget, size=size, chunk=chunk,
-                                       frames=total)
+                                       steps=steps, random_seed=random_seed, budget=budget, size=size)
                         run_on_ray(todo, plan, sources, address=address, workers=workers, on_commit=commit,
                                    on_failure=lambda k: record_failure(k, sources[k]))
                     else:
