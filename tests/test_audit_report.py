@@ -18,6 +18,7 @@ import zarr
 
 import fastviz as fv
 from fastviz import cli
+from fastviz.audit import metrics as fm
 from fastviz.audit import report as fr
 from fastviz.errors import InputError, InputFileNotFoundError
 from fastviz.tempfiles import OutputError
@@ -83,9 +84,9 @@ def test_steering_classes_by_hand():
 
 def test_fit_r2_by_hand():
     # errors (0, 0, 0, 1): MSE 0.25; var(truth) = 1.25 -> R² = 0.8; RMSE 0.5; NaN rows ignored
-    r2, rmse, k = fr.fit_r2(np.array([0.0, 1.0, 2.0, 4.0, np.nan]), np.array([0.0, 1.0, 2.0, 3.0, 7.0]))
+    r2, rmse, k = fm.fit_r2(np.array([0.0, 1.0, 2.0, 4.0, np.nan]), np.array([0.0, 1.0, 2.0, 3.0, 7.0]))
     assert k == 4 and r2 == pytest.approx(0.8) and rmse == pytest.approx(0.5)
-    assert math.isnan(fr.fit_r2(np.array([1.0, 2.0]), np.array([3.0, 3.0]))[0])  # constant truth
+    assert math.isnan(fm.fit_r2(np.array([1.0, 2.0]), np.array([3.0, 3.0]))[0])  # constant truth
 
 
 def test_mean_maps_equal_a_plain_mean_chunk_by_chunk():
@@ -163,7 +164,7 @@ def test_summary_and_prediction_agree_with_the_store(page, store):
     g = zarr.open_group(str(store), mode="r")
     pred = g["frames/prediction"][:].astype(np.float64)
     truth = g["frames/truth"][:].astype(np.float64)
-    r2, rmse, k = fr.fit_r2(pred, truth)
+    r2, rmse, k = fm.fit_r2(pred, truth)
     assert result.frames == k == SMALL["max_frames"]
     assert f'<b id="r2">{r2:.3g}</b>' in html
     assert f'<b id="rmse">{math.degrees(rmse):.2f}°</b>' in html

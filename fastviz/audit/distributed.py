@@ -139,6 +139,7 @@ def run_on_ray(
     workers: int | None,
     on_commit: Callable[[int, np.ndarray], None],
     on_failure: Callable[[int], None],
+    again: Callable[[], list[int]] = lambda: [],
 ) -> None:
     """Compute chunks ``todo`` on Ray workers and commit each as it returns.
 
@@ -160,6 +161,9 @@ def run_on_ray(
         ``on_commit(c, seconds)`` marks chunk ``c`` done (the driver's half of the commit).
     on_failure : callable
         ``on_failure(k)`` after source ``k``'s failure is first recorded.
+    again : callable
+        After each pass, the chunks to compute again (:func:`fastviz.audit.run.tainted_chunks`),
+        on the same workers (:func:`fastviz.audit.run.until_clean`).
 
     Raises
     ------
@@ -191,7 +195,10 @@ def run_on_ray(
         remote = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ChunkWorker)
         actors = [remote.options(**per_worker).remote(plan) for _ in range(n)]
         try:
-            _run_pass(ray, actors, todo, sources, on_commit, on_failure)
+            from .run import until_clean
+
+            until_clean(list(todo), lambda chunks: _run_pass(ray, actors, chunks, sources, on_commit, on_failure),
+                        again, limit=len(sources) + 1)
         finally:
             for a in actors:
                 ray.kill(a)

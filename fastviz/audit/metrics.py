@@ -42,6 +42,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "Curves",
     "area_under_curve",
+    "fit_r2",
     "map_statistics",
     "perturbation_curves",
     "pixel_ranks",
@@ -343,3 +345,19 @@ def map_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     centroid[empty] = float("nan")
     entropy = torch.where(empty, torch.full_like(entropy, float("nan")), entropy)
     return centroid.float(), entropy.float()
+
+
+def fit_r2(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float, int]:
+    """``(R², RMSE, frames)`` of a prediction against the truth over the frames where both are
+    finite: ``R² = 1 - mean((p - t)²) / var(t)`` (NaN when the truth is constant or fewer than
+    two frames), RMSE in the outputs' units."""
+    p = np.asarray(prediction, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    known = np.isfinite(p) & np.isfinite(t)
+    k = int(known.sum())
+    if k < 2:
+        return float("nan"), float("nan"), k
+    err = p[known] - t[known]
+    mse = float(np.mean(err**2))
+    var = float(np.var(t[known]))
+    return (1.0 - mse / var if var > 0 else float("nan")), math.sqrt(mse), k

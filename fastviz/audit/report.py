@@ -50,8 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from . import metrics as fm
+from .store import chunk_seconds
 
-__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "check_output", "fit_r2",
+__all__ = ["DEFAULT_ANALYSIS", "DEFAULT_SAMPLE", "DEFAULT_WORST", "ReportResult", "check_output",
            "mean_maps", "steering_classes", "unit_max", "write_report"]
 
 #: Frames shown among the largest errors, and in the random sample.
@@ -187,22 +189,6 @@ def mean_maps(maps_array, use: np.ndarray, classes: np.ndarray, chunk: int, keep
     return mean, class_means, counts, kept
 
 
-def fit_r2(prediction: np.ndarray, truth: np.ndarray) -> tuple[float, float, int]:
-    """``(R², RMSE, frames)`` of a prediction against the truth over the frames where both are
-    finite: ``R² = 1 - mean((p - t)²) / var(t)`` (NaN when the truth is constant or fewer than
-    two frames), RMSE in the outputs' units."""
-    p = np.asarray(prediction, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
-    known = np.isfinite(p) & np.isfinite(t)
-    k = int(known.sum())
-    if k < 2:
-        return float("nan"), float("nan"), k
-    err = p[known] - t[known]
-    mse = float(np.mean(err**2))
-    var = float(np.var(t[known]))
-    return (1.0 - mse / var if var > 0 else float("nan")), math.sqrt(mse), k
-
-
 # --------------------------------------------------------------------------- pictures
 
 
@@ -238,26 +224,26 @@ class _Pictures:
     """Frame pictures with maps drawn over them, all the same size."""
 
     def __init__(self, crop, input_size: tuple[int, int]) -> None:
-        self.crop = crop
+        from ..models.pilotnet import FramePreprocess
+
+        self.view = FramePreprocess(size=input_size, crop=crop)  # its region(): the part the model sees
         self.input_size = input_size
 
     def region(self, frame: np.ndarray) -> tuple[int, int, int, int]:
-        top, bottom, left, right = self.crop
-        h, w = frame.shape[:2]
-        y0, y1 = int(round(top * h)), int(round(bottom * h))
-        x0, x1 = int(round(left * w)), int(round(right * w))
-        return y0, max(y1, y0 + 1), x0, max(x1, x0 + 1)
+        return self.view.region(*frame.shape[:2])
 
     def fit(self, frame: np.ndarray) -> np.ndarray:
-        """The frame scaled so its longest side is :data:`THUMB_SIDE` (nearest neighbour when
-        enlarging by a whole factor, area interpolation otherwise)."""
+        """The frame scaled toward a longest side of :data:`THUMB_SIDE`: enlarged by the largest
+        whole factor (nearest neighbour) when that is 2 or more, else resized to it (area
+        interpolation to shrink, nearest neighbour to enlarge)."""
         import cv2
+
+        from .. import render as rd
 
         h, w = frame.shape[:2]
         s = THUMB_SIDE / max(h, w)
-        if s >= 2 and float(int(s)) == math.floor(s):
-            k = int(s)
-            return np.repeat(np.repeat(frame, k, 0), k, 1)
+        if s >= 2:
+            return rd.upscale(frame, int(s))
         size = (max(1, round(w * s)), max(1, round(h * s)))
         return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST)
 
@@ -322,7 +308,7 @@ def _read_frames(sources: list[dict], source: np.ndarray, index: np.ndarray, wan
     h_in, w_in = input_size
     checked: dict[str, str | None] = {}  # path -> why it cannot be used (None: it can), checked once
     unread: dict[tuple[str, str], int] = {}  # (path, why) -> frames of the report drawn without it
-    top, bottom, left, right = crop
+    view = _Pictures(crop, input_size)
     for k in np.unique(source[wanted]):
         sel = wanted[source[wanted] == k]
         src = sources[int(k)] if int(k) < len(sources) else {}
@@ -346,9 +332,7 @@ def _read_frames(sources: list[dict], source: np.ndarray, index: np.ndarray, wan
             for i, frame in open_source(path).frames_at(sorted(by_index)):
                 g = by_index[i]
                 pictures[g] = frame
-                fh, fw = frame.shape[:2]
-                y0, y1 = int(round(top * fh)), max(int(round(bottom * fh)), int(round(top * fh)) + 1)
-                x0, x1 = int(round(left * fw)), max(int(round(right * fw)), int(round(left * fw)) + 1)
+                y0, y1, x0, x1 = view.region(frame)
                 views[g] = cv2.resize(frame[y0:y1, x0:x1], (w_in, h_in), interpolation=cv2.INTER_AREA)
                 progress(1)
         except InputError as exc:  # a decode error part-way: keep what was read
@@ -622,7 +606,7 @@ def write_report(
             "sanity_threshold": _fmt((attrs.get("sanity") or {}).get("threshold",
                                                                     (spec.get("sanity") or {}).get("threshold"))),
             "sanity_run": bool((attrs.get("sanity") or {}).get("methods")),
-            "cost": _cost(g, names, n, done, chunk),
+            "cost": _cost(g, names),
         }
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
                                  autoescape=jinja2.select_autoescape(("html", "j2")), undefined=jinja2.StrictUndefined,
@@ -689,11 +673,8 @@ def _signed(method: str, options: dict) -> bool | None:
 
 def _summary(attrs: dict, spec: dict, names: list[str], n: int, use: np.ndarray, done: np.ndarray, chunk: int, g) -> dict:
     model = attrs.get("model") or {}
-    seconds = np.asarray(g["progress/seconds"][:], dtype=np.float64)
-    timed = done & np.isfinite(seconds).all(1)
-    per_chunk = np.array([min((c + 1) * chunk, n) - c * chunk for c in range(done.size)], dtype=np.float64)
-    total_s = float(seconds[timed].sum()) if timed.any() else float("nan")
-    frames_timed = float(per_chunk[timed].sum())
+    seconds, frames_timed = chunk_seconds(g)
+    total_s = float(seconds.sum()) if len(seconds) else float("nan")
     sources = []
     for s in attrs.get("sources") or []:
         sources.append({"path": s.get("path"), "kind": s.get("kind"), "frames": s.get("frames"),
@@ -720,7 +701,7 @@ def _summary(attrs: dict, spec: dict, names: list[str], n: int, use: np.ndarray,
 
 
 def _prediction_section(plt, prediction, truth, time_s, source, sources, use, units, steering) -> dict:
-    r2, rmse, k = fit_r2(prediction, truth)
+    r2, rmse, k = fm.fit_r2(prediction, truth)
     scale = math.degrees(1.0) if steering else 1.0
     shown = "degrees" if steering else units
     # a continuous time axis over sources laid end to end
@@ -917,15 +898,12 @@ def _share(part: float, total: float) -> str:
     return f"{p:.0f}%" if p >= 10 else f"{p:.1f}%"
 
 
-def _cost(g, names, n, done, chunk) -> dict:
-    seconds = np.asarray(g["progress/seconds"][:], dtype=np.float64)
-    timed = done & np.isfinite(seconds).all(1)
-    per_chunk = np.array([min((c + 1) * chunk, n) - c * chunk for c in range(done.size)], dtype=np.float64)
-    frames = float(per_chunk[timed].sum())
+def _cost(g, names) -> dict:
+    seconds, frames = chunk_seconds(g)
     rows = []
-    total = float(seconds[timed].sum()) if timed.any() else 0.0
+    total = float(seconds.sum()) if len(seconds) else 0.0
     for i, m in enumerate([*names, "metrics (deletion/insertion)"]):
-        s = float(seconds[timed, i].sum()) if timed.any() else float("nan")
+        s = float(seconds[:, i].sum()) if len(seconds) else float("nan")
         rows.append({"what": m, "ms": _fmt(1e3 * s / frames, 3) if frames else "–",
                      "share": _share(s, total),
                      "seconds": _fmt(s, 4)})

@@ -43,10 +43,10 @@ from ..hooks import model_device
 from . import metrics as fm
 from . import sanity as fs
 from .sources import AuditSource, FrameReader, describe, expand_inputs
-from .store import AuditStore, is_store, is_url, now
+from .store import AuditStore, chunk_seconds, chunk_sizes, is_store, is_url, now
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_CHUNK", "DEFAULT_METHODS", "AuditResult", "audit", "summary", "tainted_chunks",
-           "weights_sha256"]
+           "until_clean", "weights_sha256"]
 
 log = logging.getLogger("fastviz.audit")
 
@@ -373,15 +373,16 @@ def audit(
         # chunks marked done that read a failed source past its failure (a Ray worker could not know
         # of it yet when the audit was stopped) are computed again, like the chunks not done
         todo = sorted(set(np.flatnonzero(~done).tolist()) | set(tainted_chunks(st, sources)))
+        redo = set(todo)
 
         def record_failure(_k: int, _src: AuditSource) -> None:
             warnings.warn(f"input {_src.path} failed at frame {_src.frames_read}: {_src.error}", stacklevel=2)
             st.update(sources=[s.as_dict() for s in sources])
 
         fns = {m: functools.partial(_explain, method=m, options=method_options[m]) for m in names}
-        tally = _Tally(done_frames=int(sum(st.chunk_range(int(c))[1] - st.chunk_range(int(c))[0]
-                                           for c in np.flatnonzero(done) if c not in todo)),
-                       chunks_done=int(done.sum()) - len([c for c in todo if done[c]]))
+        kept = done.copy()
+        kept[list(redo)] = False
+        tally = _Tally(done_frames=int(chunk_sizes(st.frames, st.chunk)[kept].sum()), chunks_done=int(kept.sum()))
         try:
             with tqdm(total=total, initial=tally.done_frames, unit="frame", file=sys.stderr, disable=not progress,
                       dynamic_ncols=True, desc="audit") as bar:
@@ -399,37 +400,38 @@ def audit(
                     if on_chunk is not None:
                         on_chunk(c, tally.done_frames)
 
-                passes = 0
-                while todo:
-                    if engine == "ray":
-                        from .distributed import RayPlan, run_on_ray
+                def again() -> list[int]:
+                    # a failure met in a pass may show that chunks done before it read past it
+                    return tainted_chunks(st, sources)
 
-                        plan = RayPlan(store=store if is_url(store) else str(store.absolute()), model=model_name if by_name else model,
-                                       device=str(dev), sources=sources, methods=method_options, batch=batch,
-                                       steps=steps, random_seed=random_seed, budget=budget, size=size)
-                        run_on_ray(todo, plan, sources, address=address, workers=workers, on_commit=commit,
-                                   on_failure=lambda k: record_failure(k, sources[k]))
-                    else:
+                if engine == "ray":
+                    from .distributed import RayPlan, run_on_ray
+
+                    plan = RayPlan(store=store if is_url(store) else str(store.absolute()),
+                                   model=model_name if by_name else model, device=str(dev), sources=sources,
+                                   methods=method_options, batch=batch, steps=steps, random_seed=random_seed,
+                                   budget=budget, size=size)
+                    run_on_ray(todo, plan, sources, address=address, workers=workers, on_commit=commit,
+                               on_failure=lambda k: record_failure(k, sources[k]), again=again)
+                else:
+                    def local_pass(chunks: list[int]) -> None:
                         with FrameReader(sources, model.preprocess, on_failure=record_failure) as reader:
-                            for c in todo:
-                                g0, g1 = st.chunk_range(int(c))
+                            for c in chunks:
+                                g0, g1 = st.chunk_range(c)
                                 shown = [0]
 
                                 def advance(n: int) -> None:  # the bar moves batch by batch
-                                    if int(c) not in tally.committed:
+                                    if c not in tally.committed:
                                         shown[0] += n
                                         bar.update(n)
 
                                 arrays = _chunk(model, reader.read(g0, g1), fns, names, batch=batch, steps=steps,
                                                 random_seed=random_seed, budget=budget, size=size, advance=advance)
                                 seconds = arrays.pop("progress/seconds")
-                                st.write_arrays(int(c), arrays)
-                                commit(int(c), seconds, shown[0])
-                    # a failure met in this pass may show that chunks done before it read past it
-                    todo = tainted_chunks(st, sources)
-                    passes += 1
-                    if todo and passes > len(sources) + 1:  # each pass learns one failure at least
-                        raise RuntimeError(f"chunks {todo} of {store} keep reading past a failed source")
+                                st.write_arrays(c, arrays)
+                                commit(c, seconds, shown[0])
+
+                    until_clean(todo, local_pass, again, limit=len(sources) + 1)
 
             sanity = st.attrs.get("sanity")
             if sanity is None and sanity_frames > 0:
@@ -459,6 +461,20 @@ class _Tally:
     chunks_done: int
     computed: int = 0
     committed: set = field(default_factory=set)
+
+
+def until_clean(todo: list[int], run_pass: Callable[[list[int]], None], again: Callable[[], list[int]],
+                limit: int) -> None:
+    """Run ``run_pass`` on chunks ``todo``, then on what ``again()`` names (chunks that read a
+    failed source past its failure), until nothing is left; more than ``limit`` passes is a bug
+    (each pass learns of one failure at least), raised as ``RuntimeError``."""
+    passes = 0
+    while todo:
+        run_pass(todo)
+        passes += 1
+        todo = again()
+        if todo and passes > limit:
+            raise RuntimeError(f"chunks {todo} keep reading past a failed source")
 
 
 def tainted_chunks(st: AuditStore, sources: Sequence[AuditSource]) -> list[int]:
@@ -617,7 +633,6 @@ def summary(path: str | Path) -> str:
     names = spec.get("methods", [])
     ok = np.asarray(g["frames/ok"][:], dtype=bool)
     done = np.asarray(g["progress/done"][:], dtype=bool)
-    chunk = int(spec.get("chunk", 1))
     n = ok.size
     sources = attrs.get("sources", [])
     failed = [s for s in sources if s.get("error")]
@@ -631,23 +646,17 @@ def summary(path: str | Path) -> str:
         lines.append(f"  failed: {s.get('path')}: {s.get('error')}")
     prediction = np.asarray(g["frames/prediction"][:], dtype=np.float64)
     truth = np.asarray(g["frames/truth"][:], dtype=np.float64)
-    known = np.isfinite(prediction) & np.isfinite(truth)
     units = attrs.get("model", {}).get("output_units") or "output units"
-    if known.sum() >= 2:
-        err = prediction[known] - truth[known]
-        var = float(np.var(truth[known]))
-        r2 = 1.0 - float(np.mean(err**2)) / var if var > 0 else float("nan")
-        lines.append(f"prediction vs recorded truth on {int(known.sum())} frames: RMSE {_fmt(float(np.sqrt(np.mean(err**2))))} "
-                     f"{units}, R² {_fmt(r2, 3)}")
-    seconds = np.asarray(g["progress/seconds"][:], dtype=np.float64)
-    frames_per_chunk = np.array([min((c + 1) * chunk, n) - c * chunk for c in range(done.size)], dtype=np.float64)
-    timed = done & np.isfinite(seconds).all(1)
+    r2, rmse, known = fm.fit_r2(prediction, truth)
+    if known >= 2:
+        lines.append(f"prediction vs recorded truth on {known} frames: RMSE {_fmt(rmse)} {units}, R² {_fmt(r2, 3)}")
+    seconds, frames_timed = chunk_seconds(g)
     sanity = (attrs.get("sanity") or {}).get("methods", {})
     header = (f"{'method':<18}{'ms/frame':>10}{'deletion↑':>11}{'random':>9}{'insertion↓':>12}{'random':>9}"
               f"{'beats random':>14}{'sanity ρ':>10}  check")
     lines += ["", header, "-" * len(header)]
     for i, m in enumerate(names):
-        ms = 1e3 * seconds[timed, i].sum() / max(frames_per_chunk[timed].sum(), 1) if timed.any() else float("nan")
+        ms = 1e3 * seconds[:, i].sum() / max(frames_timed, 1) if len(seconds) else float("nan")
         d = np.asarray(g[f"metrics/{m}/deletion_auc"][:], dtype=np.float64)
         rd = np.asarray(g[f"metrics/{m}/random_deletion_auc"][:], dtype=np.float64)
         ins = np.asarray(g[f"metrics/{m}/insertion_auc"][:], dtype=np.float64)
@@ -662,8 +671,8 @@ def summary(path: str | Path) -> str:
                      f"{_fmt(np.nanmean(ins) if valid.any() else float('nan')):>12}"
                      f"{_fmt(np.nanmean(ri) if valid.any() else float('nan')):>9}{beats:>14}"
                      f"{_fmt(rho, 2) if rho is not None else '-':>10}  {check}")
-    if timed.any():
-        ms = 1e3 * seconds[timed, -1].sum() / max(frames_per_chunk[timed].sum(), 1)
+    if len(seconds):
+        ms = 1e3 * seconds[:, -1].sum() / max(frames_timed, 1)
         lines.append(f"{'(metrics)':<18}{_fmt(ms, 3):>10}")
     lines.append("")
     lines.append(f"AUCs: mean output change in {units} as the map's top pixels are deleted (higher: more faithful) or "

@@ -79,7 +79,7 @@ import numpy as np
 from ..errors import InputError
 from ..tempfiles import OutputError, _temp_name, atomic_folder
 
-__all__ = ["FORMAT", "AuditStore", "describe_difference", "is_store", "now", "open_store"]
+__all__ = ["FORMAT", "AuditStore", "chunk_seconds", "chunk_sizes", "describe_difference", "is_store", "now", "open_store"]
 
 #: The ``fastviz.format`` attribute of an audit store of this layout.
 FORMAT = "fastviz.audit/1"
@@ -96,6 +96,27 @@ def _compressor():
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def chunk_sizes(frames: int, chunk: int) -> np.ndarray:
+    """Frames in each store chunk: int64 ``(ceil(N / C),)``, all ``C`` but the last, which holds
+    the rest."""
+    n_chunks = -(-frames // chunk)
+    sizes = np.full(n_chunks, chunk, dtype=np.int64)
+    if n_chunks:
+        sizes[-1] = frames - chunk * (n_chunks - 1)
+    return sizes
+
+
+def chunk_seconds(group) -> tuple[np.ndarray, int]:
+    """What an audit store's chunks cost: ``(seconds, frames)``, ``seconds`` float64 ``(k, M+1)``
+    the rows of ``progress/seconds`` of the ``k`` chunks done and fully timed (per method in the
+    order of ``spec.methods``, then the metrics), ``frames`` the frames those chunks hold."""
+    seconds = np.asarray(group["progress/seconds"][:], dtype=np.float64)
+    done = np.asarray(group["progress/done"][:], dtype=bool)
+    timed = done & np.isfinite(seconds).all(1)
+    sizes = chunk_sizes(group["frames/ok"].shape[0], int(group.attrs["spec"]["chunk"]))
+    return seconds[timed], int(sizes[timed].sum())
 
 
 def is_url(path) -> bool:
