@@ -377,6 +377,18 @@ def _deg(radians: float) -> str:
     return "–" if radians is None or not math.isfinite(radians) else f"{math.degrees(radians):.2f}°"
 
 
+def _out(value: float, steering: bool, digits: int = 3) -> str:
+    """A value in the model's output units: degrees for a steering model (radians stored), else
+    ``digits`` significant digits; "–" when not finite."""
+    return _deg(value) if steering else _fmt(value, digits)
+
+
+def _mean_abs(values: np.ndarray) -> float:
+    """Mean of the finite ``|values|``; NaN (without numpy's warning) when there is none."""
+    a = np.abs(values[np.isfinite(values)])
+    return float(a.mean()) if a.size else float("nan")
+
+
 def write_report(
     store: str | Path,
     output: str | Path,
@@ -513,9 +525,9 @@ def write_report(
                 "source": Path(str(sources[source[g_]].get("path", "?"))).name if source[g_] < len(sources) else "?",
                 "index": int(index[g_]),
                 "time": _fmt(time_s[g_], 4),
-                "prediction": _deg(prediction[g_]) if steering else _fmt(prediction[g_], 4),
-                "truth": (_deg(truth[g_]) if steering else _fmt(truth[g_], 4)) if np.isfinite(truth[g_]) else "–",
-                "error": (_deg(error[g_]) if steering else _fmt(error[g_], 4)) if np.isfinite(error[g_]) else "–",
+                "prediction": _out(prediction[g_], steering, 4),
+                "truth": _out(truth[g_], steering, 4),
+                "error": _out(error[g_], steering, 4),
                 "picture": pics.plain(frame),
                 "overlays": [{"method": m, "src": pics.overlay(frame, kept[m][g_], signed[m])} for m in names],
             }
@@ -736,8 +748,8 @@ def _prediction_section(plt, prediction, truth, time_s, source, sources, use, un
         hist = _figure_png(fig)
     mean_err = float(np.mean((prediction[known] - truth[known]))) if known.any() else float("nan")
     return {
-        "r2": _fmt(r2, 3), "rmse": _deg(rmse) if steering else _fmt(rmse, 3), "frames": k,
-        "bias": _deg(mean_err) if steering else _fmt(mean_err, 3),
+        "r2": _fmt(r2, 3), "rmse": _out(rmse, steering), "frames": k,
+        "bias": _out(mean_err, steering),
         "over_time": over_time, "histogram": hist, "units": shown,
     }
 
@@ -772,14 +784,12 @@ def _strategies(names, analysis_idx, kept, error, pictures, pics, signed, seed, 
         for c in order:
             members = np.flatnonzero(result.labels == c)
             frames = rows[members]
-            errs = np.abs(error[frames])
             mean_map = unit_max(np.stack([kept[m][i] for i in frames])).mean(0)
             examples = rows[_closest(result.features, members, EXAMPLES)]
             entry["clusters"].append({
                 "size": int(members.size),
                 "share": f"{100 * members.size / rows.size:.0f}%",
-                "error": (_deg(float(np.nanmean(errs))) if steering else _fmt(float(np.nanmean(errs)), 3))
-                if np.isfinite(errs).any() else "–",
+                "error": _out(_mean_abs(error[frames]), steering),
                 "mean": pics.overlay(pictures.get(int(examples[0])), mean_map, False),
                 "examples": [pics.overlay(pictures.get(int(i)), kept[m][i], signed[m]) for i in examples],
                 "example_frames": [int(i) for i in examples],
@@ -806,13 +816,11 @@ def _scenes(kind, groups, names, analysis_idx, views, kept, error, pictures, pic
     for c in order:
         members = np.flatnonzero(labels == c)
         frames_c = have[members]
-        errs = np.abs(error[frames_c])
         examples = have[_closest(vectors, members, EXAMPLES)]
         out.append({
             "size": int(members.size),
             "share": f"{100 * members.size / have.size:.0f}%",
-            "error": (_deg(float(np.nanmean(errs))) if steering else _fmt(float(np.nanmean(errs)), 3))
-            if np.isfinite(errs).any() else "–",
+            "error": _out(_mean_abs(error[frames_c]), steering),
             "examples": [pics.plain(pictures.get(int(i))) for i in examples],
             "maps": [{"method": m, "src": pics.overlay(pictures.get(int(examples[0])),
                                                         unit_max(np.stack([kept[m][i] for i in frames_c])).mean(0),
