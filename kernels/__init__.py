@@ -6,6 +6,8 @@ that chooses by the device of the tensors it is given, at call time (``backend="
 
 - :mod:`.masking` — :func:`masked_batch`: frames + window table + baseline -> occlusion's
   masked batch, written in one pass into a preallocated buffer;
+- :mod:`.patches` — :func:`assemble`: clean maps + per-row regions + changed patches -> the
+  padded patch-assembled inputs (and write-backs) of incremental (Krypton-style) occlusion;
 - :mod:`.scoring` — :func:`occlusion_map` / :func:`scale_maps`: window scores -> per-scale
   coverage means -> the multi-scale occlusion map;
 - :mod:`.vbp` — :func:`upscale_chain`: VisualBackProp's all-ones transposed convolutions fused
@@ -18,12 +20,14 @@ kernels are measured on a GPU (they are tested in Numba's CUDA simulator).
 
 from ._backend import BACKENDS, threads_per_block, use_threads_per_block
 from .masking import masked_batch
+from .patches import assemble
 from .scoring import occlusion_map, scale_maps, window_table
 from .vbp import ConvGeometry, upscale_chain
 
 __all__ = [
     "BACKENDS",
     "ConvGeometry",
+    "assemble",
     "masked_batch",
     "occlusion_map",
     "scale_maps",
