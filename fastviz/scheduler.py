@@ -17,6 +17,7 @@ Plans are logged at debug level and collected by :func:`record_plans` (for cost 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -38,11 +39,14 @@ __all__ = [
     "parse_budget",
     "parse_device",
     "plan",
+    "plan_rows",
     "record_plans",
     "reserve_working_set",
     "row_footprint",
     "run_chunks",
+    "tune",
     "tune_cpu_allocator",
+    "tuning",
 ]
 
 log = logging.getLogger(__name__)
@@ -400,11 +404,35 @@ def plan(
     budget = parse_budget(memory_budget, row.device)
     if chunk is not None and chunk < 1:
         raise InputError(f"chunk size must be >= 1, got {chunk}")
-    forward_bytes = row_footprint(model, row)
+    return plan_rows(row_footprint(model, row), rows, row.device, budget, chunk, factor, cache_sized)
+
+
+def plan_rows(
+    forward_bytes: int,
+    rows: int,
+    device: torch.device | str,
+    memory_budget=None,
+    chunk: int | None = None,
+    factor: float = 1.0,
+    cache_sized: bool = False,
+) -> Plan:
+    """:func:`plan` for a known no-grad need of ``forward_bytes`` per row (e.g. incremental
+    occlusion's patches, whose need follows from its plan rather than from a probe pass).
+
+    Raises
+    ------
+    InputError
+        For a malformed budget or a chunk size below 1.
+    """
+    device = torch.device(device)
+    budget = parse_budget(memory_budget, device)
+    if chunk is not None and chunk < 1:
+        raise InputError(f"chunk size must be >= 1, got {chunk}")
+    forward_bytes = max(1, int(forward_bytes))
     row_bytes = int(forward_bytes * factor)
     if chunk is None:
         chunk = max(1, int(budget // (row_bytes * SAFETY)))
-        if cache_sized and row.device.type == "cpu":
+        if cache_sized and device.type == "cpu":
             chunk = min(chunk, max(1, CPU_CHUNK_BYTES // forward_bytes))
     chunk = max(1, min(chunk, rows))
     if row_bytes * SAFETY > budget:
@@ -487,3 +515,204 @@ def tune_cpu_allocator(trim_threshold: int = 2**30, mmap_threshold: int = 32 * 2
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, int(mmap_threshold))) and bool(mallopt(m_trim_threshold, int(trim_threshold)))
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk plans measured on the machine
+
+#: Plans with fewer rows than this are not tuned (the measurement would cost more than it saves).
+TUNE_MIN_ROWS = 64
+#: A tuning stops trying further chunk sizes once its measurements took this many seconds.
+TUNE_SECONDS = 1.0
+_TUNE_VERSION = 1
+_tuned: dict[str, int] = {}
+_tuned_lock = threading.Lock()
+_tuning_state = threading.local()
+
+
+@contextmanager
+def tuning(enabled: bool) -> Iterator[None]:
+    """Turn measured chunk plans (:func:`tune`) on or off for the methods called in the block
+    (this thread). Off, plans are the deterministic ones of :func:`plan` — what an audit needs,
+    whose stored arrays must not depend on measurements (convolution results change in their
+    last bits with the chunk size)."""
+    old = getattr(_tuning_state, "enabled", True)
+    _tuning_state.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _tuning_state.enabled = old
+
+
+def tuning_enabled() -> bool:
+    """Whether :func:`tune` measures here: on unless turned off by :func:`tuning` or the
+    environment variable ``FASTVIZ_TUNE=0``."""
+    return getattr(_tuning_state, "enabled", True) and os.environ.get("FASTVIZ_TUNE", "1") != "0"
+
+
+def machine_id(device: torch.device | str) -> str:
+    """What identifies the hardware a plan was measured on: the CPU model and core count (and
+    torch's thread count), or the GPU's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu:{model}:{os.cpu_count()}cores:{torch.get_num_threads()}threads"
+
+
+def _cache_file() -> str:
+    root = os.environ.get("FASTVIZ_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastviz")
+    return os.path.join(root, "chunk-plans.json")
+
+
+def _read_cache() -> dict:
+    import json
+
+    try:
+        with open(_cache_file()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    """Add one entry to the on-disk cache (best effort: an unwritable cache only costs a new
+    measurement next time). Written to a temporary file, then renamed."""
+    import json
+    import tempfile
+
+    path = _cache_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = _read_cache()
+        data[key] = entry
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".chunk-plans.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.debug("chunk plan cache %s not written: %s", path, exc)
+
+
+def model_signature(model: nn.Module) -> str:
+    """The model's structure (module types, parameter shapes and dtypes) as a short hash: a
+    measured plan depends on it, not on the weights."""
+    import hashlib
+
+    parts = [f"{name}:{type(m).__name__}" for name, m in model.named_modules()]
+    parts += [f"{name}:{tuple(p.shape)}:{p.dtype}" for name, p in model.named_parameters()]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def tune(p: Plan, step, device: torch.device | str, key: tuple, fixed: bool = False) -> Plan:
+    """The plan ``p`` with its chunk size measured on this machine: the fastest of a few sizes
+    within the memory budget, cached per ``key`` (method, model structure, input signature),
+    machine and budget, in memory and in ``$FASTVIZ_CACHE_DIR/chunk-plans.json`` (default
+    ``~/.cache/fastviz``).
+
+    The search starts at ``p.chunk`` (the cache-sized guess on the CPU, the budget's largest on
+    a GPU), times ``step(0, c)`` (real rows, recomputed later by the run) for that size and
+    its doubles and halves while throughput improves — at least two tries per size, the fastest
+    kept — and stops after :data:`TUNE_SECONDS`. Rows per second, not seconds per pass, decide.
+
+    Returns ``p`` unchanged if ``fixed`` (the caller gave a chunk size), if tuning is off
+    (:func:`tuning`, ``FASTVIZ_TUNE=0``) or if the plan has fewer than :data:`TUNE_MIN_ROWS`
+    rows.
+
+    Parameters
+    ----------
+    p : Plan
+        The deterministic plan (:func:`plan` or :func:`plan_rows`).
+    step : callable ``(r0, r1) -> None``
+        The chunk step that :func:`run_chunks` will run; it must only write its own rows.
+    device : torch device
+    key : tuple
+        What the throughput depends on besides the machine and the budget (e.g. the method's
+        name, :func:`model_signature`, the input's shape, dtype and layout).
+
+    Raises
+    ------
+    Whatever ``step`` raises other than out-of-memory (an out-of-memory ends the search at the
+    sizes that ran).
+    """
+    import time
+
+    device = torch.device(device)
+    if fixed or p.rows < TUNE_MIN_ROWS or not tuning_enabled():
+        return p
+    cap = max(1, min(p.rows, int(p.budget_bytes // max(1, p.row_bytes * SAFETY))))
+    full_key = repr((_TUNE_VERSION, key, machine_id(device), p.budget_bytes))
+    with _tuned_lock:
+        known = _tuned.get(full_key)
+    if known is None:
+        entry = _read_cache().get(full_key)
+        if isinstance(entry, dict) and isinstance(entry.get("chunk"), int) and entry["chunk"] >= 1:
+            known = entry["chunk"]
+    if known is None:
+        rates: dict[int, float] = {}
+        spent = 0.0
+
+        def rate(c: int) -> float:
+            nonlocal spent
+            if c in rates:
+                return rates[c]
+            best = math.inf
+            for _ in range(2):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                step(0, c)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                spent += dt
+                best = min(best, dt)
+            rates[c] = c / best
+            return rates[c]
+
+        start = max(1, min(p.chunk, cap))
+        try:
+            step(0, start)  # warm-up: first-call costs (allocations, kernel compilation)
+            best = start
+            rate(start)
+            for direction in (2.0, 0.5):
+                c = start
+                while spent < TUNE_SECONDS:
+                    nxt = max(1, min(cap, int(c * direction)))
+                    if nxt == c or rate(nxt) <= rates[best]:
+                        break
+                    best = c = nxt
+                if best != start:
+                    break
+        except Exception as exc:  # noqa: BLE001 - only an allocation failure ends the search quietly
+            if not is_out_of_memory(exc):
+                raise
+            _release(device)
+            if not rates:
+                return p
+            best = max(rates, key=rates.get)
+        known = best
+        _write_cache(full_key, {"chunk": known, "rows_per_s": {str(c): round(r, 1) for c, r in sorted(rates.items())},
+                                "measured_s": round(spent, 3), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+        log.debug("tuned chunk for %s: %d rows (rows/s by chunk: %s)", key[0] if key else "?", known,
+                  {c: round(r) for c, r in sorted(rates.items())})
+    with _tuned_lock:
+        _tuned[full_key] = known
+    known = min(known, cap)
+    tuned = Plan(rows=p.rows, chunk=known, passes=-(-p.rows // known), row_bytes=p.row_bytes, budget_bytes=p.budget_bytes)
+    _publish(tuned)
+    return tuned

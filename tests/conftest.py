@@ -11,6 +11,13 @@ import torch
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not torch.cuda.is_available():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+# Measured chunk plans (fastviz.scheduler.tune) are cached on disk: keep the tests' cache apart
+# from the user's, one per test session.
+if "FASTVIZ_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["FASTVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastviz-test-cache-")
+
 import pytest  # noqa: E402
 from torch import nn  # noqa: E402
 

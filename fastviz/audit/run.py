@@ -513,7 +513,16 @@ def _to_float16(maps: np.ndarray, method: str) -> np.ndarray:
     return maps.astype(np.float16)
 
 
-def _chunk(model, frames, fns, names, *, batch, steps, random_seed, budget, size, advance=None) -> dict[str, np.ndarray]:
+def _chunk(model, frames, fns, names, **kwargs) -> dict[str, np.ndarray]:
+    """Every array of one store chunk, with deterministic chunk plans: measured plans
+    (:func:`fastviz.scheduler.tune`) differ between machines and runs, and a convolution's last
+    bits change with the chunk size, so a resumed or distributed audit would not equal an
+    uninterrupted one."""
+    with scheduler.tuning(False):
+        return _chunk_arrays(model, frames, fns, names, **kwargs)
+
+
+def _chunk_arrays(model, frames, fns, names, *, batch, steps, random_seed, budget, size, advance=None) -> dict[str, np.ndarray]:
     """Every array of one store chunk."""
     n = frames.g1 - frames.g0
     h, w = size

@@ -17,12 +17,14 @@ exactly zero.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,8 +33,11 @@ from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import check_input, model_guard
 from ..targets import Target, as_target, bind, evaluate, for_rows
+from . import incremental as _incremental
 from ._concurrency import parallel_kernels
 from .registry import register
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WindowGrid", "blur", "combine_scales", "make_baseline", "masked_batch", "occlusion", "scale_maps", "window_grids"]
 
@@ -292,6 +297,10 @@ def occlusion(
     blur_sigma: float | None = None,
     backend: str = "auto",
     check_finite: bool = True,
+    incremental: bool | str = "auto",
+    tau: float | None = None,
+    drill_down: float | None = None,
+    coarse_stride: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Multi-scale sliding-window occlusion map.
 
@@ -347,6 +356,26 @@ def occlusion(
     check_finite : bool
         Check ``x`` for NaN and Inf before any forward pass (default); ``False`` skips that
         pass over ``x`` for speed.
+    incremental : "auto", True or False
+        Exact incremental inference (Krypton, Nakandala et al., SIGMOD 2019; see
+        :mod:`fastviz.methods.incremental`): each layer recomputes only the box a window
+        changes, from the clean frame's activations, until the box covers most of the map.
+        ``"auto"`` (default) uses it where the model can be traced with ``torch.fx`` and is in
+        eval mode, else runs full forward passes (logged at debug level); ``True`` requires it;
+        ``False`` always runs full forward passes. The map is the same up to float rounding
+        (about 1e-7 relative in float32).
+    tau : float in (0, 1], optional
+        Approximate: Krypton's projective-field threshold; every layer's changed box is capped
+        at ``ceil(tau * size)`` of its map's height and width (centred), the rest taken from
+        the clean activations. ``None`` (default): exact. Needs incremental inference.
+    drill_down : float in (0, 1], optional
+        Approximate, adaptive drill-down: first score the windows at ``coarse_stride``, then
+        at ``stride`` only the fraction ``drill_down`` of each frame's windows (per scale) whose
+        estimate — the coarse scores linearly interpolated to the fine window's position — is
+        largest in magnitude; the other fine windows keep their estimate (windows at a coarse
+        window's position take its score). ``None`` (default): every window is scored.
+    coarse_stride : int or (sy, sx), optional
+        The first pass's stride for ``drill_down``; default ``3 * stride``.
 
     Returns
     -------
@@ -359,8 +388,9 @@ def occlusion(
     InputError
         For a malformed ``x`` (NaN or Inf: naming the frames; a channel count or size the
         model does not take: naming the expected and the given shape, before any forward
-        pass), windows, stride, baseline, score, target or budget, or a backend unavailable
-        for the device.
+        pass), windows, stride, baseline, score, target or budget, a backend unavailable
+        for the device, an ``incremental`` or ``tau`` out of range, or ``incremental=True``
+        (or a ``tau``) for a model that cannot run incrementally (naming why).
     OutOfBudgetError
         If one row per forward pass still runs out of memory.
 
@@ -391,7 +421,21 @@ def occlusion(
     n = boxes.shape[0]
     fill = _MASKING[resolve_backend(backend, x.device, kernels.masking.DEFAULTS)]
     reduce = resolve_backend(backend, x.device, kernels.scoring.DEFAULTS)
+    assemble = resolve_backend(backend, x.device, kernels.patches.DEFAULTS)
+    coarse = None
+    if drill_down is not None:
+        if isinstance(drill_down, bool) or not isinstance(drill_down, numbers.Real) or not 0.0 < drill_down <= 1.0:
+            raise InputError(f"drill_down must be a fraction in (0, 1] of the windows to score at the fine stride, got {drill_down!r}")
+        sy, sx = _pair(stride, "stride")
+        coarse = _pair(coarse_stride, "coarse_stride") if coarse_stride is not None else (3 * sy, 3 * sx)
+    elif coarse_stride is not None:
+        raise InputError("coarse_stride is the first pass of drill_down: pass drill_down=<fraction> too")
+    if incremental not in ("auto", True, False):
+        raise InputError(f"incremental must be 'auto', True or False, got {incremental!r}")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0.0 < tau <= 1.0):
+        raise InputError(f"tau must be a number in (0, 1] (Krypton's projective-field threshold), got {tau!r}")
     with model_guard(model), torch.no_grad():
+        graph = _incremental_graph(model, incremental, tau)
         x = _fast_layout(model, x)
         # the clean pass goes through the model in planned chunks of frames as well
         clean: dict[str, torch.Tensor] = {}
@@ -413,25 +457,137 @@ def occlusion(
         )
         tgt, clean_score, choice = targets[0], clean["score"], clean.get("choice")
         base = make_baseline(baseline, x, blur_sigma)
-        plan = scheduler.plan(model, x[:1], rows=b * n, memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
-        scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        buffer = torch.empty((plan.chunk, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
-        scores = torch.empty(b * n, device=x.device, dtype=clean_score.dtype)
+        tau_ = None if tau is None else float(tau)
 
-        def step(r0: int, r1: int) -> None:
-            rows = torch.arange(r0, r1, device=x.device)
-            frame = torch.div(rows, n, rounding_mode="floor")
-            # the chunk is scored before the next one overwrites the buffer
-            with parallel_kernels():
-                masked = fill(x, frame, boxes[rows - frame * n], base, out=buffer)
-            out = model(masked)
-            scores[r0:r1] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame], r1 - r0)
+        def score_rows(out, frames: torch.Tensor) -> torch.Tensor:
+            picked = None if choice is None else choice[frames]
+            return clean_score[frames] - evaluate(tgt, out, picked, frames.shape[0])
 
-        scheduler.run_chunks(plan, step, x.device)
+        def window_scores(grids_, select=None, into=None) -> torch.Tensor:
+            """Scores ``(B * n)`` of the windows of ``grids_`` (those ``select`` marks)."""
+            boxes_ = boxes if grids_ is grids else kernels.window_table(grids_)[0].to(x.device)
+            n_ = boxes_.shape[0]
+            into = torch.empty(b * n_, device=x.device, dtype=clean_score.dtype) if into is None else into
+            if graph is not None:
+                _incremental.window_scores(graph, x, grids_, base, score_rows, into, memory_budget, chunk_size,
+                                           assemble, tau_, select)
+            else:
+                _full_scores(model, x, n_, boxes_, base, fill, tgt, clean_score, choice, into, memory_budget,
+                             chunk_size, select)
+            return into
+
+        if drill_down is None:
+            scores = window_scores(grids)
+        else:
+            coarse_grids = window_grids(h, w, windows, coarse)
+            coarse_scores = window_scores(coarse_grids).view(b, -1)
+            estimate, select = drill_down_plan(coarse_scores, coarse_grids, grids, float(drill_down))
+            scores = window_scores(grids, select, into=estimate.reshape(-1).contiguous())
     if score == "abs":
         scores.abs_()
     if reduce == "torch":  # plain torch: two 0/1 coverage matmuls per scale on the grid
         return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
     with parallel_kernels():
         return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()
+
+
+def _interpolation(fine: Sequence[int], coarse: Sequence[int]) -> np.ndarray:
+    """``(len(fine), len(coarse))`` weights of linear interpolation from positions ``coarse``
+    to positions ``fine`` (constant beyond the ends); rows sum to 1, a fine position equal to a
+    coarse one takes exactly that value."""
+    eye = np.eye(len(coarse))
+    return np.stack([np.interp(fine, coarse, eye[j]) for j in range(len(coarse))], axis=1)
+
+
+def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGrid], grids: Sequence[WindowGrid],
+                    fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fine windows' estimates and which fine windows to score (adaptive drill-down).
+
+    Parameters
+    ----------
+    coarse_scores : Tensor (B, n_coarse)
+        Window scores at the coarse stride, scales in ``coarse_grids`` order.
+    coarse_grids, grids : the coarse and the fine windows; same window sizes, in the same order.
+    fraction : float in (0, 1]
+        Share of each frame's fine windows, per scale, to score (largest ``|estimate|`` first).
+
+    Returns
+    -------
+    estimate : Tensor (B, n_fine)
+        Coarse scores interpolated (separably, linearly in the window's top and left) to each
+        fine window; exact where a fine window sits at a coarse window's position.
+    select : bool Tensor (B, n_fine)
+        The fine windows to score: the top ``ceil(fraction * n)`` by ``|estimate|`` among those
+        not at a coarse position.
+    """
+    b = coarse_scores.shape[0]
+    dtype, device = coarse_scores.dtype, coarse_scores.device
+    estimates, selects = [], []
+    c0 = 0
+    for cg, fg in zip(coarse_grids, grids):
+        sc = coarse_scores[:, c0: c0 + len(cg)].reshape(b, len(cg.tops), len(cg.lefts))
+        c0 += len(cg)
+        wy = torch.as_tensor(_interpolation(fg.tops, cg.tops), dtype=dtype, device=device)
+        wx = torch.as_tensor(_interpolation(fg.lefts, cg.lefts), dtype=dtype, device=device)
+        est = (wy @ sc @ wx.T).reshape(b, -1)
+        known_y = torch.as_tensor(np.isin(fg.tops, cg.tops), device=device)
+        known_x = torch.as_tensor(np.isin(fg.lefts, cg.lefts), device=device)
+        known = (known_y[:, None] & known_x[None, :]).reshape(-1)
+        if known.any():  # exactly the coarse score (interpolation at a knot already is; no rounding)
+            ky = torch.as_tensor(np.searchsorted(cg.tops, fg.tops).clip(0, len(cg.tops) - 1), device=device)
+            kx = torch.as_tensor(np.searchsorted(cg.lefts, fg.lefts).clip(0, len(cg.lefts) - 1), device=device)
+            exact = sc[:, ky][:, :, kx].reshape(b, -1)
+            est = torch.where(known, exact, est)
+        priority = est.abs().masked_fill(known, -1.0)
+        k = min(int(math.ceil(fraction * len(fg))), int((~known).sum()))
+        sel = torch.zeros_like(known).expand(b, -1).clone()
+        if k > 0:
+            order = torch.argsort(priority, dim=1, descending=True, stable=True)[:, :k]
+            sel.scatter_(1, order, True)
+        estimates.append(est)
+        selects.append(sel)
+    return torch.cat(estimates, dim=1), torch.cat(selects, dim=1)
+
+
+def _incremental_graph(model: nn.Module, incremental, tau) -> _incremental.Graph | None:
+    """The model's traced graph if occlusion runs incrementally, else None."""
+    if incremental is False:
+        if tau is not None:
+            raise InputError("tau (projective-field threshold) needs incremental inference: pass incremental='auto' or True")
+        return None
+    try:
+        return _incremental.trace(model)
+    except _incremental.Unsupported as exc:
+        if incremental is True or tau is not None:
+            raise InputError(f"incremental occlusion is not possible for this model: {exc}") from None
+        log.debug("occlusion runs full forward passes: %s", exc)
+        return None
+
+
+def _full_scores(model, x, n, boxes, base, fill, tgt, clean_score, choice, scores, memory_budget, chunk_size,
+                 select: torch.Tensor | None = None) -> None:
+    """Every window's score (or those ``select (B, n)`` marks) by full forward passes of masked
+    copies of the frames; fills ``scores (B * n,)``."""
+    b = x.shape[0]
+    todo = None if select is None else select.reshape(-1).nonzero().view(-1).to(x.device)
+    total = b * n if todo is None else int(todo.numel())
+    if total == 0:
+        return
+    plan = scheduler.plan(model, x[:1], rows=total, memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
+    scheduler.reserve_working_set(plan.predicted_peak_bytes, x.device)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    buffers = [torch.empty((plan.chunk, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)]
+
+    def step(r0: int, r1: int) -> None:
+        rows = torch.arange(r0, r1, device=x.device) if todo is None else todo[r0:r1]
+        frame = torch.div(rows, n, rounding_mode="floor")
+        # the chunk is scored before the next one overwrites the buffer
+        with parallel_kernels():
+            if buffers[0].shape[0] < r1 - r0:  # a larger chunk (while the plan is tuned)
+                buffers[0] = torch.empty((r1 - r0, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
+            masked = fill(x, frame, boxes[rows - frame * n], base, out=buffers[0])
+        out = model(masked)
+        scores[rows] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame], r1 - r0)
+
+    key = ("occlusion", scheduler.model_signature(model), tuple(x.shape[1:]), str(x.dtype), layout == torch.channels_last)
+    scheduler.run_chunks(scheduler.tune(plan, step, x.device, key, fixed=chunk_size is not None), step, x.device)

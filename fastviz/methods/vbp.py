@@ -136,7 +136,9 @@ def visual_backprop(
         def step(r0: int, r1: int) -> None:
             out[r0:r1] = _visual_backprop_rows(model, x[r0:r1], convs, backend)
 
-        scheduler.run_chunks(p, step, x.device)
+        key = ("visual_backprop", scheduler.model_signature(model), tuple(x.shape[1:]), str(x.dtype),
+               None if layers is None else len(convs))
+        scheduler.run_chunks(scheduler.tune(p, step, x.device, key, fixed=chunk_size is not None), step, x.device)
     return out
 
 

@@ -1,0 +1,391 @@
+"""Incremental (Krypton-style) occlusion: equal to the full recomputation, box geometry, fallbacks.
+
+Exactness is checked in float64 (where the only difference between recomputing a box and
+recomputing the whole map is rounding at ~1e-16) on PilotNet, small VGG- and ResNet-style nets
+and graphs with every supported operation, and in float32 on the ResNet-50-sized net; with every
+baseline, windows flush with the frame's edges, padding, stride and dilation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastviz as fv
+from fastviz.errors import InputError
+from fastviz.methods import incremental as inc
+from fastviz.methods.perturbation import window_grids
+
+from references import occlusion_loop
+
+
+def _both(model, x, **kw):
+    full = fv.occlusion(model, x, incremental=False, **kw)
+    fast = fv.occlusion(model, x, incremental=True, **kw)
+    return full, fast
+
+
+def _assert_equal_maps(full, fast, rtol):
+    scale = full.abs().max()
+    assert scale > 0, "the comparison is not between two zero maps"
+    assert ((fast - full).abs().max() / scale).item() <= rtol
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+class VGGTiny(nn.Module):
+    """VGG-style: 3x3 convolutions with padding 1, ReLU in place, 2x2 max-pools, GAP + linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, mid, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        y += identity
+        return self.relu(y)
+
+
+class ResNetTiny(nn.Module):
+    """ResNet-style: 7x7/2 stem with padding 3, 3x3/2 max-pool with padding 1, bottlenecks with
+    strided and identity shortcuts, in-place residual adds, BatchNorm in eval mode, GAP."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+        self.blocks = nn.Sequential(Bottleneck(8, 4, 16, 1), Bottleneck(16, 4, 16, 1), Bottleneck(16, 8, 32, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+class EveryOp(nn.Module):
+    """One of each supported operation: dilation, groups, average pooling with padding,
+    functional and method activations, channel concatenation of branches with different boxes,
+    products and quotients of maps, a per-channel constant, a scalar, a strided max-pool, then
+    an unsupported operation (interpolation: full maps from there on) and a mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=2, dilation=2)
+        self.b = nn.Conv2d(3, 6, 5, stride=1, padding=2)
+        self.g = nn.Conv2d(12, 12, 3, padding=1, groups=3)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1)
+        self.up = nn.Conv2d(6, 6, 1)
+        self.bn = nn.BatchNorm2d(12)
+        self.pool = nn.MaxPool2d(2)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 12).view(1, 12, 1, 1))
+        self.head = nn.Conv2d(12, 2, 3)
+
+    def forward(self, x):
+        a = F.leaky_relu(self.a(x), 0.1)
+        b = self.up(torch.sigmoid(self.b(x)))
+        y = torch.cat([a, b], dim=1)
+        y = self.g(y).relu() * self.scale + 0.5
+        y = self.avg(self.bn(y)) * torch.tanh(y) / (1.5 + y.abs())
+        y = self.head(self.pool(y))
+        return F.interpolate(y, scale_factor=2.0, mode="nearest").mean(dim=(2, 3))
+
+
+def _random_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+@pytest.fixture
+def pilotnet64():
+    torch.manual_seed(0)
+    return fv.models.PilotNet().double().eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# equal to the full recomputation
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.5, "mean", "blur", "tensor"])
+def test_pilotnet_incremental_equals_full_for_every_baseline(pilotnet64, baseline):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 66, 200, dtype=torch.float64)
+    if baseline == "tensor":
+        baseline = torch.rand(3, 66, 200, dtype=torch.float64)
+    full, fast = _both(pilotnet64, x, windows=(8, 16, 32), stride=(6, 11), baseline=baseline)
+    _assert_equal_maps(full, fast, 1e-10)
+
+
+def test_pilotnet_equals_the_plain_window_loop(pilotnet64):
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, 66, 200, dtype=torch.float64)
+    fast = fv.occlusion(pilotnet64, x, windows=(13, 24), stride=9, incremental=True, score="abs")
+    want = occlusion_loop(pilotnet64, x, windows=(13, 24), stride=9, score="abs")
+    _assert_equal_maps(want.float(), fast, 1e-6)
+
+
+@pytest.mark.parametrize("model_cls,size", [(VGGTiny, (30, 37)), (ResNetTiny, (45, 38)), (EveryOp, (21, 26))])
+def test_branched_and_padded_nets_equal_full(model_cls, size):
+    torch.manual_seed(3)
+    model = _random_bn(model_cls()).double().eval()
+    x = torch.rand(2, 3, *size, dtype=torch.float64)
+    for baseline in (0.0, "mean", "blur"):
+        full, fast = _both(model, x, windows=(3, 7, (4, 30)), stride=(4, 5), baseline=baseline, target=fv.targets.Output(1))
+        _assert_equal_maps(full, fast, 1e-10)
+
+
+def test_some_layers_really_ran_on_patches():
+    """The equality above is not that of two full passes: the plans hold patch steps of every
+    kind, and their boxes are smaller than the maps."""
+    model = _random_bn(EveryOp()).double().eval()
+    g = inc.trace(model)
+    x = torch.rand(1, 3, 21, 26, dtype=torch.float64)
+    clean, _ = inc.clean_pass(g, x)
+    grid = window_grids(21, 26, (3,), 4)[0]
+    at = np.array([(t, l) for t in grid.tops for l in grid.lefts])
+    plan = inc.plan_scale(g, clean, at, (3, 3))
+    hows = {s.how for s in plan.steps.values() if s.kind == "patch"}
+    assert hows == {"input", "conv", "pool", "pointwise", "binary", "cat"}
+    assert all(s.size[0] * s.size[1] <= inc.FULL_FRACTION * s.map_size[0] * s.map_size[1]
+               for s in plan.steps.values() if s.kind == "patch" and s.how != "input")
+    assert plan.macs_per_row < plan.full_macs_per_row
+
+
+def test_float32_resnet50_sized_net_within_1e_5():
+    """In float32 the occluded outputs agree within 1e-5 of the target's value (a map holds
+    differences of nearly equal outputs: its own relative error is that over its size)."""
+    model = fv.models.resnet.resnet50_random(seed=0, num_classes=10)
+    _random_bn(model)
+    torch.manual_seed(4)
+    x = torch.rand(1, 3, 64, 64)
+    full, fast = _both(model, x, windows=(16,), stride=16, target=fv.targets.Class(3))
+    with torch.no_grad():
+        target = model(x)[0, 3].abs()
+    assert full.abs().max() > 0
+    assert (fast - full).abs().max() <= 1e-5 * target
+
+
+def test_float32_trained_pilotnet_within_1e_5():
+    model = fv.models.load("pilotnet-carracing")
+    log = fv.data.load_drive_log()
+    x = model.preprocess(log.frames[:2])
+    full, fast = _both(model, x, windows=(8, 16, 32), stride=4)
+    _assert_equal_maps(full, fast, 1e-5)
+
+
+def test_classifier_targets_and_chunking_do_not_change_the_map():
+    torch.manual_seed(5)
+    model = VGGTiny().double().eval()
+    x = torch.rand(3, 3, 24, 24, dtype=torch.float64)
+    ref = fv.occlusion(model, x, windows=(5,), stride=3, incremental=False)  # argmax class per frame
+    for chunk in (1, 7, 10_000):
+        got = fv.occlusion(model, x, windows=(5,), stride=3, incremental=True, chunk_size=chunk)
+        _assert_equal_maps(ref, got, 1e-10)
+    small = fv.occlusion(model, x, windows=(5,), stride=3, incremental=True, memory_budget="64KiB")
+    _assert_equal_maps(ref, small, 1e-10)
+
+
+def test_untouched_region_scores_exactly_zero():
+    """A model reading only the left half: windows in the right half change boxes that the
+    model never reads, so they score exactly zero (the box values are recomputed, but the
+    output ignores them)."""
+
+    class LeftHalf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)[:, :, :, :8].sum(dim=(1, 2, 3)).unsqueeze(1)
+
+    torch.manual_seed(6)
+    model = LeftHalf().eval()
+    x = torch.rand(1, 3, 12, 24)
+    fast = fv.occlusion(model, x, windows=(4,), stride=4, incremental=True)
+    assert (fast[0, :, 13:] == 0).all()
+    assert (fast[0, :, :7] != 0).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# box geometry
+
+
+def test_conv_box_hand_computed():
+    """3x3 conv, stride 2, padding 1 on a 9x9 map -> 5x5. A 2x2 window at (2, 2) changes inputs
+    2..3; output o reads inputs 2o-1 .. 2o+1, so outputs 1 (reads 1..3) and 2 (reads 3..5)
+    change: the box is [1, 3), 2x2, and its input region starts at 2*1-1 = 1, size (2-1)*2+3 = 5."""
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    at, size = inc._box_through(np.array([[2, 2]]), (2, 2), inc._conv_geometry(conv), (5, 5), None)
+    assert at.tolist() == [[1, 1]] and size == (2, 2)
+    # at the far edge the box shifts inwards to keep the scale's common size
+    at, size = inc._box_through(np.array([[2, 2], [7, 7]]), (2, 2), inc._conv_geometry(conv), (5, 5), None)
+    assert size == (2, 2) and at.tolist() == [[1, 1], [3, 3]]
+
+
+@pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (5, 2, 2, 1), (3, 2, 0, 2), (1, 2, 0, 1), (4, 3, 1, 1)])
+def test_box_holds_every_changed_output(k, s, p, d):
+    """Property: every output position that a masked window changes lies inside its box."""
+    torch.manual_seed(7)
+    conv = nn.Conv2d(2, 3, k, stride=s, padding=p, dilation=d).double()
+    x = torch.rand(1, 2, 17, 19, dtype=torch.float64)
+    clean = conv(x)[0]
+    out_size = tuple(clean.shape[-2:])
+    grid = window_grids(17, 19, (3, (2, 5)), 2)
+    for gr in grid:
+        at = np.array([(t, l) for t in gr.tops for l in gr.lefts])
+        box_at, size = inc._box_through(at, (gr.height, gr.width), inc._conv_geometry(conv), out_size, None)
+        for (t, l), (by, bx) in zip(at, box_at):
+            masked = x.clone()
+            masked[..., t:t + gr.height, l:l + gr.width] = -3.0
+            changed = (conv(masked)[0] != clean).any(dim=0).nonzero()
+            inside = ((changed[:, 0] >= by) & (changed[:, 0] < by + size[0])
+                      & (changed[:, 1] >= bx) & (changed[:, 1] < bx + size[1]))
+            assert inside.all()
+
+
+def test_macs_per_window_for_pilotnet():
+    """Full-pass multiply-accumulates per row, by hand: conv outputs 31x98, 14x47, 5x22, 3x20,
+    1x18; then the fully connected layers."""
+    model = fv.models.PilotNet().eval()
+    g = inc.trace(model)
+    clean, _ = inc.clean_pass(g, torch.rand(1, 3, 66, 200))
+    grid = window_grids(66, 200, (8,), 4)[0]
+    at = np.array([(t, l) for t in grid.tops for l in grid.lefts])
+    plan = inc.plan_scale(g, clean, at, (8, 8))
+    convs = (31 * 98 * 24 * 3 * 25 + 14 * 47 * 36 * 24 * 25 + 5 * 22 * 48 * 36 * 25
+             + 3 * 20 * 64 * 48 * 9 + 1 * 18 * 64 * 64 * 9)
+    fcs = 1152 * 100 + 100 * 50 + 50 * 10 + 10
+    assert plan.full_macs_per_row == convs + fcs
+    assert plan.macs_per_row < plan.full_macs_per_row / 5  # an 8x8 window's boxes: about a tenth
+
+
+# ---------------------------------------------------------------------------------------------
+# approximate: projective-field threshold
+
+
+def test_tau_one_is_exact_and_smaller_tau_approximates():
+    torch.manual_seed(8)
+    model = fv.models.PilotNet().double().eval()
+    x = torch.rand(1, 3, 66, 200, dtype=torch.float64)
+    exact = fv.occlusion(model, x, windows=(16,), stride=8, incremental=True)
+    one = fv.occlusion(model, x, windows=(16,), stride=8, tau=1.0)
+    _assert_equal_maps(exact, one, 1e-10)
+    approx = fv.occlusion(model, x, windows=(16,), stride=8, tau=0.3)
+    assert not torch.equal(approx, exact)
+    corr = np.corrcoef(approx.flatten().numpy(), exact.flatten().numpy())[0, 1]
+    assert corr > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# fallbacks and errors
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.mean() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            y = y * 2
+        return y.sum(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def test_untraceable_model_falls_back_with_a_debug_line(caplog):
+    torch.manual_seed(9)
+    model = DataDependent().eval()
+    x = torch.rand(1, 3, 10, 12)
+    with caplog.at_level(logging.DEBUG, logger="fastviz.methods.perturbation"):
+        auto = fv.occlusion(model, x, windows=(3,), stride=2)
+    full = fv.occlusion(model, x, windows=(3,), stride=2, incremental=False)
+    assert torch.equal(auto, full)
+    lines = [r.getMessage() for r in caplog.records if "full forward passes" in r.getMessage()]
+    assert len(lines) == 1 and "torch.fx cannot trace" in lines[0] and "\n" not in lines[0]
+    with pytest.raises(InputError, match="incremental occlusion is not possible.*torch.fx cannot trace"):
+        fv.occlusion(model, x, windows=(3,), stride=2, incremental=True)
+
+
+def test_training_mode_falls_back_and_tau_needs_incremental():
+    model = VGGTiny().double()  # training mode
+    with pytest.raises(inc.Unsupported, match="training mode"):
+        inc.trace(model)
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(InputError, match="training mode"):
+        fv.occlusion(model, x, windows=(4,), stride=4, incremental=True)
+    with pytest.raises(InputError, match="tau"):
+        fv.occlusion(model.eval(), x, windows=(4,), stride=4, incremental=False, tau=0.5)
+    for bad in (0.0, 1.5, "x", True):
+        with pytest.raises(InputError, match="tau"):
+            fv.occlusion(model.eval(), x, windows=(4,), stride=4, tau=bad)
+    with pytest.raises(InputError, match="incremental"):
+        fv.occlusion(model.eval(), x, windows=(4,), stride=4, incremental="yes")
+
+
+def test_inplace_mutation_of_a_shared_value_is_refused():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            z = y.relu_()  # mutates y, which the next line reads too
+            return (z + y).sum(dim=(1, 2, 3)).unsqueeze(1)
+
+    with pytest.raises(inc.Unsupported, match="in-place"):
+        inc.trace(Shared().eval())
+    x = torch.rand(1, 3, 8, 8)
+    model = Shared().eval()
+    assert torch.equal(fv.occlusion(model, x, windows=(3,), stride=2),
+                       fv.occlusion(model, x, windows=(3,), stride=2, incremental=False))
+
+
+def test_model_left_unchanged_and_trace_cached():
+    model = ResNetTiny().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(1, 3, 32, 32)
+    fv.occlusion(model, x, windows=(8,), stride=8, incremental=True)
+    assert inc.trace(model) is inc.trace(model)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
