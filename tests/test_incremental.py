@@ -389,3 +389,24 @@ def test_model_left_unchanged_and_trace_cached():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("backend", ["torch", "cuda"])
+def test_incremental_on_the_device_with_each_assembly_kernel(backend):
+    """On a GPU (or, without one, in Numba's CUDA simulator on CPU tensors; tiny sizes): the
+    incremental map equals the full one with the torch reference and the CUDA kernel."""
+    from fastviz.kernels import _backend
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and backend == "cuda" and not _backend.cuda_simulated():
+        pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is off")
+    torch.manual_seed(10)
+    model = VGGTiny().to(device).eval()
+    x = torch.rand(1, 3, 12, 10, device=device)
+    full = fv.occlusion(model, x, windows=(5,), stride=5, incremental=False, backend="torch")
+    fast = fv.occlusion(model, x, windows=(5,), stride=5, incremental=True, backend=backend)
+    assert fast.device == x.device
+    with torch.no_grad():
+        target = model(x).amax().abs()
+    assert full.abs().max() > 0
+    assert (fast - full).abs().max() <= 1e-5 * target
