@@ -63,7 +63,7 @@ __all__ = ["DEFAULTS", "assemble", "assemble_cpu", "assemble_cuda", "assemble_to
 #: timings are benchmarks/test_bench_kernel_patches.py's to give (PilotNet's second conv input,
 #: 1x24x31x98 channels-last, 735 rows of 13x13 regions, and the whole-map write-back), and
 #: have not been recorded yet. CUDA: the reference until a GPU run shows the kernel faster.
-DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
+DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "cuda"}
 
 _DTYPES = (torch.float32, torch.float64)
 

@@ -530,6 +530,25 @@ def _to_device(plan: ScalePlan, device: torch.device) -> None:
                 plan.device_region_at[n] = torch.as_tensor(step.region_at, dtype=torch.int64, device=device)
 
 
+def assembler(backend: str, device: torch.device):
+    """:func:`fastviz.kernels.assemble`'s implementation for ``backend`` on ``device``, without
+    the argument checks (the engine builds its arguments itself; the checks' read-back of the
+    frame range would synchronise a GPU on every call). The CPU twin runs under
+    :func:`~fastviz.methods._concurrency.parallel_kernels`.
+
+    Positional arguments: ``(clean, frame, region_at, size, patch=None, patch_at=None, pad=0.0)``.
+    """
+    from ._concurrency import parallel_kernels
+
+    name = kernels._backend.resolve(backend, torch.device(device), kernels.patches.DEFAULTS)
+    if name == "cpu":
+        def run_cpu(*args):
+            with parallel_kernels():
+                return kernels.patches.assemble_cpu(*args)
+        return run_cpu
+    return kernels.patches.assemble_cuda if name == "cuda" else kernels.patches.assemble_torch
+
+
 class _Rows:
     """One chunk's rows: their frames and windows, and each node's box corners for them."""
 
@@ -581,6 +600,7 @@ def run_rows(
     The model's output for the N rows, as the model returns it.
     """
     _to_device(plan, input_patch.device)
+    assemble = assembler(backend, input_patch.device)
     rows = _Rows(plan, frame, window)
     steps = plan.steps
     env: dict = {}
@@ -592,14 +612,14 @@ def run_rows(
             return env[n]
         c = clean[n]
         origin = torch.zeros(n_rows, 2, dtype=torch.int64, device=c.device)
-        return kernels.assemble(c, frame, origin, _spatial(c), env[n], rows.at(n), backend=backend)
+        return assemble(c, frame, origin, _spatial(c), env[n], rows.at(n))
 
     def on_box(n, at, size):
         """Node ``n``'s value on the box ``size`` at ``at``: its patch written into a region of
         its clean map (the patch itself where the boxes agree)."""
         if steps[n].size == size and np.array_equal(steps[n].at, at[1]):
             return env[n]
-        return kernels.assemble(clean[n], frame, at[0], size, env[n], rows.at(n), backend=backend)
+        return assemble(clean[n], frame, at[0], size, env[n], rows.at(n))
 
     def value(a):
         return full(a) if a in g.varying else env[a]
@@ -613,7 +633,7 @@ def run_rows(
         elif step.how == "input":
             env[n] = input_patch
         elif step.kind == "patch":
-            env[n] = _run_patch(g, n, step, env, clean, rows, on_box, backend)
+            env[n] = _run_patch(g, n, step, env, clean, rows, on_box, assemble)
         else:
             env[n] = _call(g, n, fx.node.map_arg(n.args, value), fx.node.map_arg(n.kwargs, value))
         for a in n.all_input_nodes:
@@ -650,14 +670,13 @@ def _call(g: Graph, n: fx.Node, args, kwargs):
     return getattr(args[0], str(n.target))(*args[1:], **kwargs)
 
 
-def _run_patch(g: Graph, n: fx.Node, step: Step, env, clean, rows: _Rows, on_box, backend):
+def _run_patch(g: Graph, n: fx.Node, step: Step, env, clean, rows: _Rows, on_box, assemble):
     how = step.how
     if how == "pointwise":
         return _call(g, n, fx.node.map_arg(n.args, lambda a: env[a]), fx.node.map_arg(n.kwargs, lambda a: env[a]))
     if how in ("conv", "pool"):
         src = n.args[0]
-        region = kernels.assemble(clean[src], rows.frame, rows.region_at(n), step.region, env[src], rows.at(src),
-                                  pad=step.pad, backend=backend)
+        region = assemble(clean[src], rows.frame, rows.region_at(n), step.region, env[src], rows.at(src), step.pad)
         m = g.modules[n.target]
         if isinstance(m, nn.Conv2d):
             return F.conv2d(region, _weight_like(g, m, region), m.bias, m.stride, 0, m.dilation, m.groups)
@@ -785,7 +804,7 @@ def window_scores(
                 if base_group is None:
                     patch = torch.full((r1 - r0, c, *size), float(base), dtype=x.dtype, device=device)
                 else:
-                    patch = kernels.assemble(base_group, frame, at_all.index_select(0, window), size, backend=backend)
+                    patch = assembler(backend, device)(base_group, frame, at_all.index_select(0, window), size)
                 out = run_rows(g, sp, clean, frame, window, patch, backend)
                 frames = frame + f0
                 scores[frames * n + offset + window] = score_rows(out, frames)

@@ -360,10 +360,12 @@ def occlusion(
         Exact incremental inference (Krypton, Nakandala et al., SIGMOD 2019; see
         :mod:`fastviz.methods.incremental`): each layer recomputes only the box a window
         changes, from the clean frame's activations, until the box covers most of the map.
-        ``"auto"`` (default) uses it where the model can be traced with ``torch.fx`` and is in
-        eval mode, else runs full forward passes (logged at debug level); ``True`` requires it;
-        ``False`` always runs full forward passes. The map is the same up to float rounding
-        (about 1e-7 relative in float32).
+        ``"auto"`` (default) uses it on the CPU where the model can be traced with ``torch.fx``
+        and is in eval mode, else runs full forward passes (logged at debug level; on a GPU the
+        many small launches of the incremental pass cost more than the FLOPs they save);
+        ``True`` requires it (on any device); ``False`` always runs full forward passes. The
+        map is the same up to float rounding (about 1e-7 of the target's value in float32 on
+        the CPU; CUDA convolutions in TF32 differ by about 1e-3).
     tau : float in (0, 1], optional
         Approximate: Krypton's projective-field threshold; every layer's changed box is capped
         at ``ceil(tau * size)`` of its map's height and width (centred), the rest taken from
@@ -435,7 +437,7 @@ def occlusion(
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0.0 < tau <= 1.0):
         raise InputError(f"tau must be a number in (0, 1] (Krypton's projective-field threshold), got {tau!r}")
     with model_guard(model), torch.no_grad():
-        graph = _incremental_graph(model, incremental, tau)
+        graph = _incremental_graph(model, incremental, tau, x.device)
         x = _fast_layout(model, x)
         # the clean pass goes through the model in planned chunks of frames as well
         clean: dict[str, torch.Tensor] = {}
@@ -549,11 +551,17 @@ def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGr
     return torch.cat(estimates, dim=1), torch.cat(selects, dim=1)
 
 
-def _incremental_graph(model: nn.Module, incremental, tau) -> _incremental.Graph | None:
+def _incremental_graph(model: nn.Module, incremental, tau, device: torch.device) -> _incremental.Graph | None:
     """The model's traced graph if occlusion runs incrementally, else None."""
     if incremental is False:
         if tau is not None:
             raise InputError("tau (projective-field threshold) needs incremental inference: pass incremental='auto' or True")
+        return None
+    if incremental == "auto" and tau is None and device.type != "cpu":
+        # measured on an H200 (benchmarks/RESULTS.md): the many small launches of the
+        # incremental pass cost more than the FLOPs they save (PilotNet, one frame: 67 ms
+        # incremental vs 9 ms full)
+        log.debug("occlusion runs full forward passes: incremental='auto' applies on the CPU only")
         return None
     try:
         return _incremental.trace(model)
