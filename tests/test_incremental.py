@@ -410,3 +410,64 @@ def test_incremental_on_the_device_with_each_assembly_kernel(backend):
         target = model(x).amax().abs()
     assert full.abs().max() > 0
     assert (fast - full).abs().max() <= 1e-5 * target
+
+
+# ---------------------------------------------------------------------------------------------
+# approximate: adaptive drill-down
+
+
+def test_interpolation_weights_hand_computed():
+    from fastviz.methods.perturbation import _interpolation
+
+    w = _interpolation([0, 2, 4, 6, 8], [0, 6])
+    np.testing.assert_allclose(w, [[1, 0], [2 / 3, 1 / 3], [1 / 3, 2 / 3], [0, 1], [0, 1]])
+
+
+def test_drill_down_plan_selects_the_largest_estimates():
+    from fastviz.methods.perturbation import drill_down_plan
+
+    fine = window_grids(10, 13, (3,), 1)  # tops 0..7, lefts 0..10
+    coarse = window_grids(10, 13, (3,), 3)  # tops 0, 3, 6, 7; lefts 0, 3, 6, 9, 10
+    c = coarse[0]
+    scores = torch.zeros(1, len(c), dtype=torch.float64)
+    scores[0, c.lefts.index(6)] = 3.0  # the coarse window at (0, 6)
+    est, sel = drill_down_plan(scores, coarse, fine, 0.05)
+    est = est.view(len(fine[0].tops), len(fine[0].lefts))
+    assert est[0, 6] == 3.0 and est[0, 5] == pytest.approx(2.0) and est[1, 6] == pytest.approx(2.0)
+    assert est[3, 3] == 0.0
+    k = int(np.ceil(0.05 * len(fine[0])))
+    assert int(sel.sum()) == k
+    picked = sel.view(len(fine[0].tops), len(fine[0].lefts)).nonzero().tolist()
+    # never a window at a coarse position (its score is known), largest |estimate| first
+    assert [0, 6] not in picked and {tuple(p) for p in picked} <= {(0, 5), (0, 7), (1, 6), (1, 5), (1, 7)}
+
+
+def test_drill_down_with_every_window_equals_exact_and_fewer_approximate():
+    torch.manual_seed(11)
+    model = VGGTiny().double().eval()
+    x = torch.rand(2, 3, 20, 23, dtype=torch.float64)
+    exact = fv.occlusion(model, x, windows=(4, 6), stride=2)
+    every = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down=1.0, coarse_stride=4)
+    _assert_equal_maps(exact, every, 1e-10)
+    for incremental in (True, False):
+        some = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down=0.3, incremental=incremental)
+        assert not torch.equal(some, exact)
+        assert ssim_of(some, exact) > 0.5
+
+
+def ssim_of(a, b):
+    from fastviz.similarity import ssim
+
+    return float(ssim(a, b).min())
+
+
+def test_drill_down_errors():
+    model = VGGTiny().eval()
+    x = torch.rand(1, 3, 16, 16)
+    for bad in (0.0, 1.5, True, "all"):
+        with pytest.raises(InputError, match="drill_down"):
+            fv.occlusion(model, x, windows=(4,), stride=2, drill_down=bad)
+    with pytest.raises(InputError, match="coarse_stride"):
+        fv.occlusion(model, x, windows=(4,), stride=2, coarse_stride=6)
+    with pytest.raises(InputError, match="coarse_stride"):
+        fv.occlusion(model, x, windows=(4,), stride=2, drill_down=0.5, coarse_stride=0)

@@ -141,3 +141,84 @@ def test_parse_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             scheduler.parse_device("cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# measured chunk plans
+
+
+class _Timed:
+    """A chunk step whose time is known: a fixed cost per pass plus a cost per row, which grows
+    beyond ``knee`` rows (a working set that leaves the cache), so throughput peaks at ``knee``."""
+
+    def __init__(self, knee=64, fail_above=None):
+        self.knee, self.fail_above, self.calls = knee, fail_above, []
+
+    def __call__(self, r0, r1):
+        import time
+
+        c = r1 - r0
+        self.calls.append(c)
+        if self.fail_above is not None and c > self.fail_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        time.sleep(0.004 + 2e-5 * c + (2e-4 * (c - self.knee) if c > self.knee else 0.0))
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTVIZ_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTVIZ_TUNE", raising=False)
+    monkeypatch.setattr(scheduler, "_tuned", {})
+    return tmp_path
+
+
+def _plan(chunk, rows=4096, budget=2**30, row_bytes=1000):
+    return scheduler.Plan(rows=rows, chunk=chunk, passes=-(-rows // chunk), row_bytes=row_bytes, budget_bytes=budget)
+
+
+def test_tune_finds_the_fastest_chunk_and_caches_it_on_disk(tune_cache):
+    import json
+
+    step = _Timed(knee=64)
+    tuned = scheduler.tune(_plan(8), step, "cpu", ("test", "knee64"))
+    assert tuned.chunk == 64 and tuned.passes == 4096 // 64 and tuned.rows == 4096
+    assert max(step.calls) == 128  # it looked one doubling past the best
+    data = json.loads((tune_cache / "chunk-plans.json").read_text())
+    (entry,) = data.values()
+    assert entry["chunk"] == 64 and set(entry["rows_per_s"]) >= {"8", "16", "32", "64", "128"}
+    # another process (the in-memory cache emptied) reads the disk cache: no step runs
+    scheduler._tuned.clear()
+    again = _Timed(knee=64)
+    assert scheduler.tune(_plan(8), again, "cpu", ("test", "knee64")).chunk == 64 and again.calls == []
+    # halving when the guess is too large
+    scheduler._tuned.clear()
+    down = scheduler.tune(_plan(512), _Timed(knee=64), "cpu", ("test", "from-above"))
+    assert down.chunk == 64
+
+
+def test_tune_keeps_the_plan_when_off_fixed_small_or_out_of_memory(tune_cache, monkeypatch):
+    p = _plan(8)
+    step = _Timed()
+    assert scheduler.tune(p, step, "cpu", ("k",), fixed=True) is p
+    with scheduler.tuning(False):
+        assert scheduler.tune(p, step, "cpu", ("k",)) is p
+    small = _plan(8, rows=scheduler.TUNE_MIN_ROWS - 1)
+    assert scheduler.tune(small, step, "cpu", ("k",)) is small
+    monkeypatch.setenv("FASTVIZ_TUNE", "0")
+    assert scheduler.tune(p, step, "cpu", ("k",)) is p
+    assert step.calls == []
+    monkeypatch.delenv("FASTVIZ_TUNE")
+    # the budget caps the search; an out-of-memory ends it at the sizes that ran
+    capped = scheduler.tune(_plan(8, budget=int(32 * 1000 * scheduler.SAFETY)), _Timed(), "cpu", ("k", "cap"))
+    assert capped.chunk == 32
+    oom = scheduler.tune(_plan(8), _Timed(knee=64, fail_above=16), "cpu", ("k", "oom"))
+    assert oom.chunk == 16
+
+
+def test_unwritable_cache_only_costs_a_measurement(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("FASTVIZ_CACHE_DIR", str(blocker / "sub"))  # makedirs fails, even as root
+    monkeypatch.setattr(scheduler, "_tuned", {})
+    assert scheduler.tune(_plan(8), _Timed(knee=32), "cpu", ("k", "ro")).chunk == 32
+    assert not (blocker / "sub").exists()
