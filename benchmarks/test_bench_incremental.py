@@ -161,10 +161,11 @@ def test_incremental_interleaved(benchmark, device, name):
             times[key].append(time.perf_counter() - t0)
             results[key] = out
     full = results["full"]
-    with torch.no_grad():  # the map holds output differences: compare with the target's size
-        scale = model(x)[:, target_index].abs().max().item()
+    with torch.no_grad():  # the map holds output differences: compare with the output's size
+        scale = max(model(x)[:, target_index].abs().max().item(), full.abs().max().item())
     err = (results["incremental"] - full).abs().max().item() / scale
-    # float32 on the CPU: ~1e-7; CUDA convolutions run in TF32 by default (10-bit mantissa)
+    # float32 on the CPU: ~1e-7 (the scale: the larger of the target's value and the map's
+    # largest delta, since a frame may steer near 0); CUDA convolutions run in TF32 by default
     assert err < (1e-5 if device == "cpu" else 1e-2)
     medians = {k: statistics.median(v) for k, v in times.items()}
     captum = {k: v for k, v in medians.items() if k.startswith("captum")}

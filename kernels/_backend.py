@@ -22,6 +22,8 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "check_frame_indices",
+    "describe",
     "cuda_simulated",
     "device_array",
     "host_array",
@@ -132,3 +134,21 @@ def launch_stream(t: torch.Tensor) -> Iterator[object]:
         yield stream
     else:
         yield 0
+
+
+def describe(t) -> str:
+    """How an argument is named in the kernels' error messages: a tensor by its shape, anything
+    else by its type."""
+    if isinstance(t, torch.Tensor):
+        return f"a tensor of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+def check_frame_indices(frame: torch.Tensor, frames: int, what: str) -> None:
+    """Raise ValueError unless every value of ``frame`` lies in ``[0, frames)`` (``what`` names
+    the tensor of frames in the message). One read-back from the device."""
+    if frame.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(frame)).tolist()
+    if lo < 0 or hi >= frames:
+        raise ValueError(f"frame indices must be in [0, {frames}) for {what} with {frames} frames, got values in [{lo}, {hi}]")

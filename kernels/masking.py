@@ -123,15 +123,15 @@ def masked_batch(
 def _check(x, frame, boxes, baseline, out) -> float | torch.Tensor:
     """Raise ValueError naming the first problem; return the baseline as a float or tensor."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"x must be a (B, C, H, W) tensor, got {_describe(x)}")
+        raise ValueError(f"x must be a (B, C, H, W) tensor, got {_backend.describe(x)}")
     if x.dtype not in _DTYPES:
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
     b, c, h, w = x.shape
     dev = x.device
     if not isinstance(frame, torch.Tensor) or frame.ndim != 1:
-        raise ValueError(f"frame must be a 1-D (M,) tensor of frame indices, got {_describe(frame)}")
+        raise ValueError(f"frame must be a 1-D (M,) tensor of frame indices, got {_backend.describe(frame)}")
     if not isinstance(boxes, torch.Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be an (M, 4) tensor of (y0, x0, y1, x1) rows, got {_describe(boxes)}")
+        raise ValueError(f"boxes must be an (M, 4) tensor of (y0, x0, y1, x1) rows, got {_backend.describe(boxes)}")
     for name, t in (("frame", frame), ("boxes", boxes)):
         if t.dtype != torch.int64:
             raise ValueError(f"{name} must be int64, got {t.dtype}")
@@ -140,10 +140,7 @@ def _check(x, frame, boxes, baseline, out) -> float | torch.Tensor:
     m = frame.shape[0]
     if boxes.shape[0] != m:
         raise ValueError(f"frame has {m} rows but boxes has {boxes.shape[0]}: one window per row")
-    if m > 0:
-        lo, hi = torch.stack(torch.aminmax(frame)).tolist()  # one read-back
-        if lo < 0 or hi >= b:
-            raise ValueError(f"frame indices must be in [0, {b}) for x with {b} frames, got values in [{lo}, {hi}]")
+    _backend.check_frame_indices(frame, b, "x")
     if isinstance(baseline, torch.Tensor):
         if baseline.dtype != x.dtype or baseline.device != dev:
             raise ValueError(f"baseline must have x's dtype and device ({x.dtype}, {dev}), got {baseline.dtype} on {baseline.device}")
@@ -156,18 +153,13 @@ def _check(x, frame, boxes, baseline, out) -> float | torch.Tensor:
         raise ValueError(f"baseline must be a float or a (B, C, 1|H, 1|W) tensor, got {type(baseline).__name__}")
     if out is not None:
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape[1:]) != (c, h, w):
-            raise ValueError(f"out must be an (M2, {c}, {h}, {w}) tensor with M2 >= {m}, got {_describe(out)}")
+            raise ValueError(f"out must be an (M2, {c}, {h}, {w}) tensor with M2 >= {m}, got {_backend.describe(out)}")
         if out.shape[0] < m:
             raise ValueError(f"out has {out.shape[0]} rows, too few for {m} masked rows")
         if out.dtype != x.dtype or out.device != dev:
             raise ValueError(f"out must have x's dtype and device ({x.dtype}, {dev}), got {out.dtype} on {out.device}")
     return baseline
 
-
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"a tensor of shape {tuple(t.shape)}"
-    return type(t).__name__
 
 
 def _destination(x: torch.Tensor, m: int, out: torch.Tensor | None) -> torch.Tensor:

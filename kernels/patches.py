@@ -58,11 +58,13 @@ from . import _backend
 
 __all__ = ["DEFAULTS", "assemble", "assemble_cpu", "assemble_cuda", "assemble_torch"]
 
-#: Device type -> the implementation ``backend="auto"`` runs. CPU: the Numba twin, as for the
-#: other kernels' copy loops (masking's twin beats its torch reference 3-6x); this kernel's own
-#: timings are benchmarks/test_bench_kernel_patches.py's to give (PilotNet's second conv input,
-#: 1x24x31x98 channels-last, 735 rows of 13x13 regions, and the whole-map write-back), and
-#: have not been recorded yet. CUDA: the reference until a GPU run shows the kernel faster.
+#: Device type -> the implementation ``backend="auto"`` runs, from
+#: benchmarks/test_bench_kernel_patches.py (PilotNet's second conv input, 1x24x31x98
+#: channels-last; benchmarks/RESULTS.md, issue 13). CPU (2-core AMD EPYC, 2026-12-04, medians):
+#: the Numba twin beats the torch reference 11.7x on 735 rows of 13x13 regions (0.88 vs 10.3 ms)
+#: and 9.9x on whole-map write-backs in chunks of 16 (12.4 vs 123 ms for 735 rows). CUDA (H200,
+#: 2026-12-04): the kernel equals the reference on regions (0.50 vs 0.48 ms for 735 rows) and
+#: beats it on write-backs (1.05 vs 1.44 ms), so it is the default there.
 DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "cuda"}
 
 _DTYPES = (torch.float32, torch.float64)
@@ -161,7 +163,7 @@ def assemble(
 def _check(clean, frame, region_at, size, patch, patch_at, pad, out) -> tuple[tuple[int, int], float]:
     """Raise ValueError naming the first problem; return ``size`` as two ints and ``pad`` as a float."""
     if not isinstance(clean, torch.Tensor) or clean.ndim != 4:
-        raise ValueError(f"clean must be a (B, C, H, W) tensor, got {_describe(clean)}")
+        raise ValueError(f"clean must be a (B, C, H, W) tensor, got {_backend.describe(clean)}")
     if clean.dtype not in _DTYPES:
         raise ValueError(f"clean must be float32 or float64, got {clean.dtype}")
     b, c, h, w = clean.shape
@@ -169,9 +171,9 @@ def _check(clean, frame, region_at, size, patch, patch_at, pad, out) -> tuple[tu
         raise ValueError(f"clean must have a non-empty map (H, W >= 1), got shape {tuple(clean.shape)}")
     dev = clean.device
     if not isinstance(frame, torch.Tensor) or frame.ndim != 1:
-        raise ValueError(f"frame must be a 1-D (N,) tensor of frame indices, got {_describe(frame)}")
+        raise ValueError(f"frame must be a 1-D (N,) tensor of frame indices, got {_backend.describe(frame)}")
     if not isinstance(region_at, torch.Tensor) or region_at.ndim != 2 or region_at.shape[1] != 2:
-        raise ValueError(f"region_at must be an (N, 2) tensor of (ry, rx) rows, got {_describe(region_at)}")
+        raise ValueError(f"region_at must be an (N, 2) tensor of (ry, rx) rows, got {_backend.describe(region_at)}")
     for name, t in (("frame", frame), ("region_at", region_at)):
         if t.dtype != torch.int64:
             raise ValueError(f"{name} must be int64, got {t.dtype}")
@@ -180,17 +182,14 @@ def _check(clean, frame, region_at, size, patch, patch_at, pad, out) -> tuple[tu
     n = frame.shape[0]
     if region_at.shape[0] != n:
         raise ValueError(f"frame has {n} rows but region_at has {region_at.shape[0]}: one region per row")
-    if n > 0:
-        lo, hi = torch.stack(torch.aminmax(frame)).tolist()  # one read-back
-        if lo < 0 or hi >= b:
-            raise ValueError(f"frame indices must be in [0, {b}) for clean with {b} frames, got values in [{lo}, {hi}]")
+    _backend.check_frame_indices(frame, b, "clean")
     size = _size(size)
     if (patch is None) != (patch_at is None):
         given, missing = ("patch", "patch_at") if patch_at is None else ("patch_at", "patch")
         raise ValueError(f"{given} is given without {missing}: pass both (a patch and its (N, 2) corners) or neither")
     if patch is not None:
         if not isinstance(patch, torch.Tensor) or patch.ndim != 4:
-            raise ValueError(f"patch must be an (N, C, ph, pw) tensor, got {_describe(patch)}")
+            raise ValueError(f"patch must be an (N, C, ph, pw) tensor, got {_backend.describe(patch)}")
         if patch.dtype != clean.dtype or patch.device != dev:
             raise ValueError(f"patch must have clean's dtype and device ({clean.dtype}, {dev}), got {patch.dtype} on {patch.device}")
         if patch.shape[0] != n:
@@ -198,7 +197,7 @@ def _check(clean, frame, region_at, size, patch, patch_at, pad, out) -> tuple[tu
         if patch.shape[1] != c:
             raise ValueError(f"patch has {patch.shape[1]} channels but clean has {c}")
         if not isinstance(patch_at, torch.Tensor) or patch_at.ndim != 2 or patch_at.shape[1] != 2:
-            raise ValueError(f"patch_at must be an (N, 2) tensor of (py, px) rows, got {_describe(patch_at)}")
+            raise ValueError(f"patch_at must be an (N, 2) tensor of (py, px) rows, got {_backend.describe(patch_at)}")
         if patch_at.dtype != torch.int64:
             raise ValueError(f"patch_at must be int64, got {patch_at.dtype}")
         if patch_at.device != dev:
@@ -213,7 +212,7 @@ def _check(clean, frame, region_at, size, patch, patch_at, pad, out) -> tuple[tu
     if out is not None:
         rh, rw = size
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or tuple(out.shape[1:]) != (c, rh, rw):
-            raise ValueError(f"out must be an (N2, {c}, {rh}, {rw}) tensor with N2 >= {n}, got {_describe(out)}")
+            raise ValueError(f"out must be an (N2, {c}, {rh}, {rw}) tensor with N2 >= {n}, got {_backend.describe(out)}")
         if out.shape[0] < n:
             raise ValueError(f"out has {out.shape[0]} rows, too few for {n} rows")
         if out.dtype != clean.dtype or out.device != dev:
@@ -232,11 +231,6 @@ def _size(size) -> tuple[int, int]:
             raise ValueError(f"size must be two ints (rh, rw) >= 1, got {size!r}")
     return int(rh), int(rw)
 
-
-def _describe(t) -> str:
-    if isinstance(t, torch.Tensor):
-        return f"a tensor of shape {tuple(t.shape)}"
-    return type(t).__name__
 
 
 def _destination(clean: torch.Tensor, n: int, size: tuple[int, int], out: torch.Tensor | None) -> torch.Tensor:
