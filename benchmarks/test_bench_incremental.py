@@ -46,7 +46,7 @@ from fastviz.similarity import ssim
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 WORKLOADS = {
     "pilotnet-1": dict(model="pilotnet", frames=1, windows=(8, 16, 32), stride=4, rounds=5, ppe=(16, 64, 256, 1733)),
-    "pilotnet-8": dict(model="pilotnet", frames=8, windows=(8, 16, 32), stride=4, rounds=3, ppe=(64, 256, 1733)),
+    "pilotnet-8": dict(model="pilotnet", frames=8, windows=(8, 16, 32), stride=4, rounds=3, ppe=(8, 16, 64, 256)),
     "resnet50-1": dict(model="resnet50-like", frames=1, windows=(32,), stride=8, rounds=2, ppe=(16, 64)),
 }
 DRILL = ((8, 0.3), (8, 0.1), (12, 0.05))

@@ -292,8 +292,11 @@ def test_every_kernel_backend_gives_the_same_map(frames, backend):
     plain per-window loop."""
     x = frames[:2, :, :9, :11]
     net = materialise(small_convnet(), x[:1])
+    device = "cuda" if backend == "cuda" and torch.cuda.is_available() else "cpu"  # else the simulator
     with fv.kernels.use_threads_per_block(32):
-        got = fv.occlusion(net, x, windows=(3, 5), stride=2, baseline="mean", backend=backend)
+        got = fv.occlusion(net.to(device), x.to(device), windows=(3, 5), stride=2, baseline="mean",
+                           backend=backend, incremental=False).cpu()
+    net.cpu()
     want = occlusion_loop(net, x, windows=(3, 5), stride=2,
                           baseline=lambda f: f.mean(dim=(1, 2), keepdim=True).expand_as(f))
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)

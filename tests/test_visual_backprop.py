@@ -125,8 +125,10 @@ def test_every_kernel_backend_matches_the_papers_steps(backend):
     layers, seq = stack()
     torch.manual_seed(6)
     x = torch.rand(2, 3, 23, 27)
+    device = "cuda" if backend == "cuda" and torch.cuda.is_available() else "cpu"  # else the simulator
     with fv.kernels.use_threads_per_block(32):
-        got = fv.visual_backprop(seq, x, backend=backend)
+        got = fv.visual_backprop(seq.to(device), x.to(device), backend=backend).cpu()
+    seq.cpu()
     for i in range(2):
         np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i : i + 1]), rtol=1e-4, atol=1e-5)
 

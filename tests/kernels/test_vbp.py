@@ -85,9 +85,10 @@ def run(backend, means, geometry):
     if backend == "cpu-parallel":  # the prange path, whatever the chain's size
         with mock.patch.object(vbp, "_PARALLEL_PIXELS", 0):
             return vbp.upscale_chain(means, geometry, backend="cpu")
-    if backend == "cuda":
+    if backend == "cuda":  # on the GPU when there is one, else in Numba's simulator
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         with _backend.use_threads_per_block(8):
-            return vbp.upscale_chain(means, geometry, backend="cuda")
+            return vbp.upscale_chain([m.to(device) for m in means], geometry, backend="cuda").cpu()
     return vbp.upscale_chain(means, geometry, backend=backend)
 
 
@@ -354,7 +355,7 @@ def test_backend_errors():
     with pytest.raises(ValueError, match="float32"):
         vbp.upscale_chain([m.double() for m in means], geometry, backend="cpu")
     with pytest.raises(ValueError, match="float32"):
-        vbp.upscale_chain_cuda([m.double() for m in means], geometry)
+        vbp.upscale_chain_cuda([m.double().to("cuda" if torch.cuda.is_available() else "cpu") for m in means], geometry)
 
 
 @pytest.mark.parametrize(
