@@ -312,7 +312,7 @@ def test_unknown_backend_and_device_mismatch():
     with pytest.raises(ValueError, match="unknown kernel backend"):
         masked_batch(x, frame, boxes, 0.0, backend="numba")
     if CUDA:
-        with pytest.raises(ValueError, match="frame is on cuda"):
+        with pytest.raises(ValueError, match="frame is on cpu but x is on cuda"):
             masked_batch(x.cuda(), frame, boxes.cuda(), 0.0)
         with pytest.raises(ValueError, match="needs CPU tensors"):
             masked_batch(x.cuda(), frame.cuda(), boxes.cuda(), 0.0, backend="cpu")
