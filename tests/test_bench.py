@@ -93,15 +93,20 @@ def test_one_pass_per_batch_methods(records):
         assert recs[name].model_evaluations_per_frame == 1, name
 
 
-def test_occlusion_counts_on_a_tiny_input_by_hand():
+@pytest.mark.parametrize("incremental,calls", [(False, 14), (True, 15)])
+def test_occlusion_counts_on_a_tiny_input_by_hand(incremental, calls):
     """10x12 frames, windows 4 and 6 at stride 4: 4 px -> tops 0,4 + 6 flush x lefts 0,4,8 = 9 windows;
     6 px -> tops 0,4 x lefts 0,4 + 6 flush = 6 windows; 15 windows + the clean row = 16 rows per frame.
-    3 frames in batches of 2 and 1, 4 rows per call: (1 + ceil(30/4)) + (1 + ceil(15/4)) = 9 + 5 calls."""
+    3 frames in batches of 2 and 1, 4 rows per call. Full passes chunk all windows of a batch
+    together: (1 + ceil(30/4)) + (1 + ceil(15/4)) = 9 + 5 calls. Incremental passes chunk each
+    scale apart (its patches have one size per scale): (1 + ceil(18/4) + ceil(12/4)) +
+    (1 + ceil(9/4) + ceil(6/4)) = 9 + 6 calls."""
     model = materialise(small_convnet(classes=3), torch.zeros(1, 3, 10, 12))
     (r,) = fb.bench(model, (10, 12), methods=["occlusion"], frames=3, batch=2, repeats=1, progress=False,
-                    method_options={"occlusion": {"windows": (4, 6), "stride": 4, "chunk_size": 4}})
+                    method_options={"occlusion": {"windows": (4, 6), "stride": 4, "chunk_size": 4,
+                                                  "incremental": incremental}})
     assert r.model_evaluations_per_frame == 16
-    assert r.forward_calls_per_frame == pytest.approx(14 / 3)
+    assert r.forward_calls_per_frame == pytest.approx(calls / 3)
 
 
 def test_occlusion_default_windows_on_pilotnet_are_1872_plus_the_clean_row(pilotnet):

@@ -130,7 +130,7 @@ class Graph:
     input: fx.Node
     output: fx.Node
     modules: dict = field(default_factory=dict)
-    #: conv module -> (weight version key, the weight in channels-last layout)
+    #: conv module -> (weight version key, the weight in channels-last layout), for one call
     weights: "weakref.WeakKeyDictionary" = field(default_factory=weakref.WeakKeyDictionary)
 
 
@@ -155,14 +155,14 @@ def trace(model: nn.Module) -> Graph:
     with _TRACES_LOCK:
         known = _TRACES.get(model)
     if known is not None and known[0] == key:
-        if isinstance(known[1], Unsupported):
-            raise known[1]
+        if isinstance(known[1], str):
+            raise Unsupported(known[1])
         return known[1]
     try:
         graph = _trace(model)
     except Unsupported as exc:
-        with _TRACES_LOCK:
-            _TRACES[model] = (key, exc)
+        with _TRACES_LOCK:  # the message only: a kept exception would keep its frames' tensors
+            _TRACES[model] = (key, str(exc))
         raise
     with _TRACES_LOCK:
         _TRACES[model] = (key, graph)
@@ -758,6 +758,15 @@ def window_scores(
     list of ScalePlan
         One per scale (for the cost: multiply-accumulates per window).
     """
+    from .. import scheduler
+
+    try:
+        return _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_size, backend, tau, select)
+    finally:
+        g.weights.clear()  # the channels-last weight copies live for one call, not between calls
+
+
+def _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_size, backend, tau, select):
     from .. import scheduler
 
     b, c, h, w = x.shape
