@@ -129,21 +129,33 @@ def visual_backprop(
                 raise InputError(f"VisualBackProp layers must be nn.Conv2d, got {type(c).__name__}")
     if not convs:
         raise InputError(f"{type(model).__name__} has no nn.Conv2d layer for VisualBackProp")
-    out = torch.empty(x.shape[0], *x.shape[-2:], device=x.device, dtype=torch.float32)
+    b = x.shape[0]
+    means: list[torch.Tensor] = []  # per layer, (B, 1, h, w): every frame's channel means
+    geometry: list[ConvGeometry] = []
     with model_guard(model):
-        p = scheduler.plan(model, x[:1], rows=x.shape[0], memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
+        p = scheduler.plan(model, x[:1], rows=b, memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
 
         def step(r0: int, r1: int) -> None:
-            out[r0:r1] = _visual_backprop_rows(model, x[r0:r1], convs, backend)
+            geom, part = _chunk_means(model, x[r0:r1], convs)
+            if not means:
+                geometry.extend(geom)
+                means.extend(m.new_empty((b, *m.shape[1:])) for m in part)
+            for whole, m in zip(means, part):
+                whole[r0:r1] = m
 
         key = ("visual_backprop", scheduler.model_signature(model), tuple(x.shape[1:]), str(x.dtype),
                None if layers is None else len(convs))
         scheduler.run_chunks(scheduler.tune(p, step, x.device, key, fixed=chunk_size is not None), step, x.device)
-    return out
+    if b == 0:
+        return torch.empty(0, *x.shape[-2:], device=x.device, dtype=torch.float32)
+    # the upscaling chain runs once over all frames (it is per frame; one call saves the
+    # per-call cost of the kernel: PilotNet, 256 frames, 11 ms in chunks of 16 vs 4.4 ms)
+    return _upscale(means, geometry, tuple(x.shape[-2:]), backend)
 
 
-def _visual_backprop_rows(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv2d], backend: str) -> torch.Tensor:
-    """VisualBackProp maps of one chunk of frames ``(b, H, W)``, float32 in [0, 1]."""
+def _chunk_means(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[list, list[torch.Tensor]]:
+    """One forward pass of a chunk: each conv layer's geometry and its activated output's channel
+    mean ``(b, 1, h, w)``, float32, in the order the layers ran."""
     order: list[nn.Conv2d] = []
     in_sizes: list[tuple[int, int]] = []
     means: list[torch.Tensor] = []  # only the channel means are kept, not the activations
@@ -159,16 +171,22 @@ def _visual_backprop_rows(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv
         tracker.finish()
     if not order:
         raise InputError("none of the conv layers ran in the forward pass")
+    return [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)], means
+
+
+def _upscale(means: list[torch.Tensor], geometry: list, size: tuple[int, int], backend: str) -> torch.Tensor:
+    """The chain of upscaled, multiplied mean maps, at the input's ``size``, min-max normalised
+    per frame: ``(b, H, W)`` float32 in [0, 1]."""
     with torch.no_grad():
-        geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
         try:
             with parallel_kernels():
                 m = kernels.vbp.upscale_chain(means, geometry, backend=backend)  # (b, H_in, W_in)
         except ValueError as exc:  # e.g. backend="cpu" on a chain with pooling between convs
             raise InputError(f"VisualBackProp upscaling: {exc}") from None
-        if m.shape[-2:] != x.shape[-2:]:
-            m = F.interpolate(m.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        if tuple(m.shape[-2:]) != size:
+            m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
         lo = m.amin(dim=(1, 2), keepdim=True)
         span = m.amax(dim=(1, 2), keepdim=True) - lo
-        out = torch.where(span > 0, (m - lo) / span.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
-    return out.float()
+        # in place (m is the chain's own output): (m - lo) / span, 0 for a constant map
+        m = m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny)).masked_fill_(span == 0, 0.0)
+    return m.float()
