@@ -45,6 +45,7 @@ from . import render as rd
 from .errors import FastvizError, InputError
 from .scheduler import parse_device
 from .overlay import AUTO_SCALE_TARGET, BACKPROJECTION, DEFAULT_METHOD, MAX_PICTURE_SIDE
+from .postprocess import SMOOTHING
 
 __all__ = ["build_parser", "main"]
 
@@ -324,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="on an error or interrupt, keep the frames finished so far under the final name (stated in the message)",
     )
     ov.add_argument("--fps", type=_positive_float, help="output frames per second (default: the input's)")
+    ov.add_argument("--smooth", choices=SMOOTHING, default="none",
+                    help="post-filter of the drawn maps: Mumford-Shah edge-preserving smoothing and/or a moving "
+                         "average over frames (default: %(default)s; --save-maps keeps the raw maps)")
+    ov.add_argument("--smooth-alpha", type=_unit_float, default=0.5, metavar="A",
+                    help="moving average: weight of the newest map, in (0, 1] (default: %(default)s)")
     ov.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     opts = ov.add_argument_group("method options (passed on only when given)")
@@ -455,7 +461,7 @@ def _overlay(args: argparse.Namespace) -> int:
         layout=args.layout, batch=args.batch, max_frames=args.max_frames, scale=args.scale, alpha=args.alpha,
         colormap=args.colormap, opacity=args.opacity, clip=args.clip, vrange=args.vrange, fps=args.fps, legend=not args.no_legend,
         gauge=args.gauge, save_maps=args.save_maps, codec=args.codec, keep_partial=args.keep_partial,
-        progress=not args.quiet,
+        progress=not args.quiet, smooth=args.smooth, smooth_alpha=args.smooth_alpha,
     )
     maps = f" and maps -> {result.maps}" if result.maps is not None else ""
     print(

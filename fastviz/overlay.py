@@ -34,6 +34,7 @@ import torch
 
 from . import render as rd
 from .errors import InputError
+from .postprocess import Smoother
 
 __all__ = [
     "AUTO_SCALE_TARGET",
@@ -234,6 +235,8 @@ def write_overlay(
     codec: str | None = None,
     keep_partial: bool = False,
     progress: bool = True,
+    smooth: str | None = None,
+    smooth_alpha: float = 0.5,
 ) -> OverlayResult:
     """Explain every frame of a video, image folder or drive log and write the rendered overlay.
 
@@ -295,6 +298,12 @@ def write_overlay(
         ``(path, frames)``). Default: nothing is left behind.
     progress : bool
         A tqdm progress bar (frames/s, ETA) on stderr.
+    smooth : {"none", "ema", "mumford-shah", "mumford-shah+ema"}, optional
+        Post-filter of the drawn maps (:class:`fastviz.postprocess.Smoother`): edge-preserving
+        Mumford-Shah smoothing of each map (Ambrosio-Tortorelli), then an exponential moving
+        average over frames against flicker. ``save_maps`` keeps the raw maps.
+    smooth_alpha : float in (0, 1]
+        The moving average's weight of the newest map (default 0.5: one frame of mean delay).
 
     Returns
     -------
@@ -340,6 +349,7 @@ def write_overlay(
     if gauge and model is None:
         raise InputError("the steering gauge needs a model's prediction; backprojection has none")
     maps_path = None if save_maps is None else Path(save_maps)
+    smoother = Smoother(smooth, smooth_alpha)  # a bad setting fails before the source is opened
 
     source = open_source(source, fps=fps)
     targets = [output] + ([maps_path] if maps_path is not None else [])
@@ -363,6 +373,10 @@ def write_overlay(
         prediction = _predict(model, x) if want_prediction else None
         return maps.detach().float().cpu().numpy(), prediction
 
+    def shown(maps: np.ndarray) -> np.ndarray:
+        """What the pictures draw: the maps after ``smooth`` (the saved maps stay raw)."""
+        return smoother(torch.from_numpy(maps)).numpy() if smoother.active else maps
+
     batches = source.batches(batch, max_frames=max_frames)
     sinks: list = [None, None]
     written = 0
@@ -372,13 +386,14 @@ def write_overlay(
         first = next(batches)
         # frames the model cannot take are named by the method's own input check (before the model runs)
         first_maps, first_prediction = explain(first)
+        first_shown = shown(first_maps)
         if gauge and first_prediction is None:
             raise InputError("the steering gauge needs a model with a single output (a steering angle)")
         signed = _signed(method, options)
         if vrange == "frame" or vrange is None:
             fixed = None
         elif vrange == "first":
-            lo, hi = rd.value_range(first_maps, signed=signed, clip=clip or (1.0, 99.0))
+            lo, hi = rd.value_range(first_shown, signed=signed, clip=clip or (1.0, 99.0))
             fixed = (lo, hi) if lo < hi else None
         else:
             fixed = vrange
@@ -393,7 +408,7 @@ def write_overlay(
                 dial = (float(prediction), rec)
             return rd.render(frame, m, layout, gauge=dial, **look)
 
-        shape = picture(0, first[0], first_maps[0], None if first_prediction is None else first_prediction[0]).shape
+        shape = picture(0, first[0], first_shown[0], None if first_prediction is None else first_prediction[0]).shape
         total = source.frame_count
         if max_frames is not None:
             total = max_frames if total is None else min(total, max_frames)
@@ -413,8 +428,10 @@ def write_overlay(
                 # the bar appears only once the input is known good; count the first batch's time too
                 bar.start_t = bar.last_print_t = first_started
                 rest = ((frames, *explain(frames)) for frames in batches)
-                for frames, maps, prediction in itertools.chain([(first, first_maps, first_prediction)], rest):
-                    for j, (frame, m) in enumerate(zip(frames, maps)):
+                for k, (frames, maps, prediction) in enumerate(
+                        itertools.chain([(first, first_maps, first_prediction)], rest)):
+                    drawn = first_shown if k == 0 else shown(maps)
+                    for j, (frame, m) in enumerate(zip(frames, drawn)):
                         sink.write(picture(written + j, frame, m, None if prediction is None else prediction[j]))
                     if maps_sink is not None:
                         index = np.arange(written, written + len(frames), dtype=np.int64)

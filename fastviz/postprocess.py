@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["ambrosio_tortorelli", "ambrosio_tortorelli_energy", "ema"]
+__all__ = ["SMOOTHING", "Smoother", "ambrosio_tortorelli", "ambrosio_tortorelli_energy", "ema"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,11 +77,7 @@ def ema(
         NaN or infinite values; ``alpha`` not a number in ``(0, 1]``; ``state`` not a tensor of
         shape ``(H, W)``, of bool or complex dtype, or not finite; ``T == 0`` without a state.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise InputError(f"alpha must be a number in (0, 1], got {alpha!r}")
-    a = float(alpha)
-    if not (0.0 < a <= 1.0):
-        raise InputError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    a = _unit_interval("alpha", alpha)
     x = _as_float(maps, "maps")
     if x.ndim != 3:
         raise InputError(f"maps must have shape (T, H, W), got {tuple(x.shape)}")
@@ -98,10 +94,14 @@ def ema(
         s = st.to(device=x.device, dtype=x.dtype)
     out = torch.empty_like(x)
     b = 1.0 - a
-    for t in range(x.shape[0]):
+    start = 0
+    if state is None:  # s_0 = m_0 exactly (a * m + (1 - a) * m would round)
+        out[0] = s
+        start = 1
+    for t in range(start, x.shape[0]):
         s = a * x[t] + b * s
         out[t] = s
-    return out, s.clone()
+    return out, out[-1].clone() if x.shape[0] else s.clone()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +426,13 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
         raise InputError(f"{name} holds NaN or infinite values")
 
 
+def _unit_interval(name: str, value: object) -> float:
+    """``value`` as a float in (0, 1], or InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
+        raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{name} must be a number > 0, got {value!r}")
@@ -439,3 +446,61 @@ def _count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+#: What :class:`Smoother` (and ``fastviz overlay --smooth``) accepts.
+SMOOTHING = ("none", "ema", "mumford-shah", "mumford-shah+ema")
+
+
+class Smoother:
+    """A post-filter for the maps of a stream of frames: spatial edge-preserving smoothing
+    (:func:`ambrosio_tortorelli`, each map alone), then temporal smoothing (:func:`ema`, with
+    its state carried from one call to the next, so a video can be fed batch by batch).
+
+    Parameters
+    ----------
+    spec : {"none", "ema", "mumford-shah", "mumford-shah+ema"} or None
+        Which filters run; ``None`` or ``"none"``: the maps pass unchanged.
+    ema_alpha : float in (0, 1]
+        The weight of the newest map in the moving average (default 0.5: a mean delay of one
+        frame, see :func:`ema`).
+
+    Raises
+    ------
+    InputError
+        For an unknown ``spec`` or an ``ema_alpha`` outside (0, 1].
+
+    Examples
+    --------
+    >>> s = Smoother("ema", ema_alpha=0.5)
+    >>> s(torch.ones(1, 2, 2))[0, 0, 0].item(), s(torch.zeros(1, 2, 2))[0, 0, 0].item()
+    (1.0, 0.5)
+    """
+
+    def __init__(self, spec: str | None = None, ema_alpha: float = 0.5) -> None:
+        spec = "none" if spec is None else spec
+        if spec not in SMOOTHING:
+            raise InputError(f"unknown smoothing {spec!r}: use one of {', '.join(SMOOTHING)}")
+        self.spec = spec
+        self.ema_alpha = _unit_interval("ema_alpha", ema_alpha)
+        self._state: torch.Tensor | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the maps are changed at all."""
+        return self.spec != "none"
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        """The next maps of the stream, smoothed: ``(B, H, W)`` in, ``(B, H, W)`` out, on the
+        same device (float maps keep their dtype)."""
+        if self.spec == "none" or maps.shape[0] == 0:
+            return maps
+        if self.spec.startswith("mumford-shah"):
+            maps = ambrosio_tortorelli(maps)
+        if self.spec.endswith("ema"):
+            maps, self._state = ema(maps, self.ema_alpha, self._state)
+        return maps
+
+    def reset(self) -> None:
+        """Forget the moving average's state (a new video)."""
+        self._state = None

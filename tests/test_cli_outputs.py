@@ -144,6 +144,24 @@ def test_save_maps_holds_the_raw_maps_and_predictions(out_dir, model, capsys):
         np.testing.assert_allclose(data["prediction"], model(x)[:, 0].numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_smooth_changes_the_pictures_not_the_saved_maps(out_dir, capsys):
+    """--smooth ema: the first picture is the unsmoothed one (the average starts at the first
+    map), later ones differ; the saved maps stay the method's raw maps; across batches of 2."""
+    common = ["--method", "grad_cam", "--max-frames", "4", "--batch", "2", "-q"]
+    plain, smooth = out_dir / "plain.mkv", out_dir / "smooth.mkv"
+    assert overlay("-o", str(plain), *common, "--save-maps", str(out_dir / "plain.npz")) == 0, capsys.readouterr().err
+    assert overlay("-o", str(smooth), *common, "--save-maps", str(out_dir / "smooth.npz"), "--smooth", "ema",
+                   "--smooth-alpha", "0.3") == 0, capsys.readouterr().err
+    a, b = decode_all(plain), decode_all(smooth)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert all(not np.array_equal(a[i], b[i]) for i in range(1, 4))
+    np.testing.assert_array_equal(np.load(out_dir / "plain.npz")["maps"], np.load(out_dir / "smooth.npz")["maps"])
+    # a bad setting: one line, nothing written
+    assert overlay("-o", str(out_dir / "bad.mkv"), *common, "--smooth", "ema", "--smooth-alpha", "0") == 2
+    assert "ema_alpha" in one_error_line(capsys.readouterr().err)
+    assert not (out_dir / "bad.mkv").exists()
+
+
 def test_image_folder_output(out_dir, capsys):
     video, folder = out_dir / "v.mkv", out_dir / "frames"
     assert overlay("-o", str(video), "--max-frames", "3", "-q") == 0, capsys.readouterr().err

@@ -334,3 +334,36 @@ def test_energy_errors():
         ambrosio_tortorelli_energy(z, z, z, epsilon=0)
     with pytest.raises(InputError, match="f must be a tensor"):
         ambrosio_tortorelli_energy(z, z, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoother: the stream post-filter of overlays
+
+
+def test_smoother_composes_the_filters_and_carries_the_average():
+    from fastviz.postprocess import Smoother
+
+    torch.manual_seed(3)
+    maps = torch.rand(5, 12, 14)
+    assert Smoother(None)(maps) is maps and Smoother("none")(maps) is maps and not Smoother().active
+    # batch by batch equals one call: the moving average's state is carried
+    s = Smoother("ema", ema_alpha=0.3)
+    parts = torch.cat([s(maps[:2]), s(maps[2:3]), s(maps[3:])])
+    whole, _ = ema(maps, 0.3)
+    assert torch.equal(parts, whole)
+    s.reset()
+    assert torch.equal(s(maps[2:3]), maps[2:3])  # a new stream starts at its first map
+    ms = Smoother("mumford-shah")(maps)
+    torch.testing.assert_close(ms, ambrosio_tortorelli(maps))
+    both = Smoother("mumford-shah+ema", ema_alpha=0.6)(maps)
+    torch.testing.assert_close(both, ema(ambrosio_tortorelli(maps), 0.6)[0])
+
+
+def test_smoother_errors():
+    from fastviz.postprocess import Smoother
+
+    with pytest.raises(InputError, match="unknown smoothing 'blur'"):
+        Smoother("blur")
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(InputError, match="ema_alpha"):
+            Smoother("ema", ema_alpha=bad)
