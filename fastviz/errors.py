@@ -8,7 +8,11 @@ from the built-in class a Python user would expect (``ValueError``, ``FileNotFou
 
 from __future__ import annotations
 
-__all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "OutOfBudgetError", "UnknownNameError"]
+import math
+import numbers
+
+__all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "OutOfBudgetError", "UnknownNameError",
+           "positive_number"]
 
 
 class FastvizError(Exception):
@@ -29,3 +33,19 @@ class UnknownNameError(FastvizError, LookupError):
 
 class OutOfBudgetError(FastvizError, MemoryError):
     """Out of memory even with one row per forward pass: the budget or the device is too small."""
+
+
+def positive_number(name: str, value: object) -> float:
+    """``value`` as a float, checked to be a finite real number ``> 0`` (not a bool).
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` and the value given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number > 0, got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
+    return v

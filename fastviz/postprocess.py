@@ -21,7 +21,6 @@ in Jacob Gildenblat's post "Smoothing images with the Mumford Shah functional" (
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Callable
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .errors import positive_number as _positive
 
 __all__ = ["SMOOTHING", "Smoother", "ambrosio_tortorelli", "ambrosio_tortorelli_energy", "ema"]
 
@@ -431,15 +431,6 @@ def _unit_interval(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
         raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number > 0, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _count(name: str, value: object) -> int:

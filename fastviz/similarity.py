@@ -20,12 +20,10 @@ implements them (``skimage.metrics.structural_similarity`` with ``gaussian_weigh
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from .errors import InputError
+from .errors import positive_number as _positive
 
 __all__ = ["TRUNCATE", "ssim", "ssim_window"]
 
@@ -194,16 +192,6 @@ def _filter(m: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
     for k in range(1, taps):
         out = out + m.narrow(dim, k, length) * g[k]
     return out
-
-
-def _positive(name: str, value: object) -> float:
-    """``value`` as a float, checked finite and ``> 0``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(f"{name} must be a number > 0, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise InputError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _radius(sigma: float) -> int:
