@@ -77,8 +77,7 @@ def macs_per_window(model, x, windows, stride) -> tuple[float, float]:
     clean, _ = inc.clean_pass(g, x[:1])
     plans = []
     for gr in window_grids(x.shape[2], x.shape[3], windows, stride):
-        at = np.array([(t, l) for t in gr.tops for l in gr.lefts])
-        plans.append(inc.plan_scale(g, clean, at, (gr.height, gr.width)))
+        plans.append(inc.plan_scale(g, clean, gr.boxes()[:, :2].numpy(), (gr.height, gr.width)))
     return inc.macs_per_window(plans)
 
 

@@ -67,7 +67,6 @@ import inspect
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -146,17 +145,6 @@ CSV_COLUMNS = [f.name for f in fields(BenchRecord)] + ["cpu", "gpu", "torch", "n
 # --------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine(device: torch.device | str = "cpu") -> dict:
     """``{"cpu", "gpu", "torch", "numba"}``: CPU model, GPU name (``None`` without CUDA or for a
     CPU run on a machine without one), torch and numba versions (``None`` if not installed)."""
@@ -170,7 +158,7 @@ def machine(device: torch.device | str = "cpu") -> dict:
         numba_version = numba.__version__
     except ImportError:
         numba_version = None
-    return {"cpu": _cpu_model(), "gpu": gpu, "torch": torch.__version__, "numba": numba_version}
+    return {"cpu": scheduler.cpu_model(), "gpu": gpu, "torch": torch.__version__, "numba": numba_version}
 
 
 # --------------------------------------------------------------------------- memory

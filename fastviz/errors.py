@@ -12,7 +12,7 @@ import math
 import numbers
 
 __all__ = ["FastvizError", "InputError", "InputFileNotFoundError", "OutOfBudgetError", "UnknownNameError",
-           "positive_number"]
+           "fraction", "positive_number"]
 
 
 class FastvizError(Exception):
@@ -49,3 +49,17 @@ def positive_number(name: str, value: object) -> float:
     if not (math.isfinite(v) and v > 0):
         raise InputError(f"{name} must be a finite number > 0, got {value!r}")
     return v
+
+
+def fraction(name: str, value: object, what: str = "") -> float:
+    """``value`` as a float in ``(0, 1]`` (a real number, not a bool).
+
+    Raises
+    ------
+    InputError
+        Naming ``name`` (and ``what`` it is, if given) and the value given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
+        about = f" ({what})" if what else ""
+        raise InputError(f"{name} must be a number in (0, 1]{about}, got {value!r}")
+    return float(value)

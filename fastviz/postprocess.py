@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .errors import fraction as _fraction
 from .errors import positive_number as _positive
 
 __all__ = ["SMOOTHING", "Smoother", "ambrosio_tortorelli", "ambrosio_tortorelli_energy", "ema"]
@@ -77,7 +78,7 @@ def ema(
         NaN or infinite values; ``alpha`` not a number in ``(0, 1]``; ``state`` not a tensor of
         shape ``(H, W)``, of bool or complex dtype, or not finite; ``T == 0`` without a state.
     """
-    a = _unit_interval("alpha", alpha)
+    a = _fraction("alpha", alpha)
     x = _as_float(maps, "maps")
     if x.ndim != 3:
         raise InputError(f"maps must have shape (T, H, W), got {tuple(x.shape)}")
@@ -426,13 +427,6 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
         raise InputError(f"{name} holds NaN or infinite values")
 
 
-def _unit_interval(name: str, value: object) -> float:
-    """``value`` as a float in (0, 1], or InputError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
-        raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
 def _count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -473,7 +467,7 @@ class Smoother:
         if spec not in SMOOTHING:
             raise InputError(f"unknown smoothing {spec!r}: use one of {', '.join(SMOOTHING)}")
         self.spec = spec
-        self.ema_alpha = _unit_interval("ema_alpha", ema_alpha)
+        self.ema_alpha = _fraction("ema_alpha", ema_alpha)
         self._state: torch.Tensor | None = None
 
     @property

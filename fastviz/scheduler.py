@@ -16,6 +16,7 @@ Plans are logged at debug level and collected by :func:`record_plans` (for cost 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -558,16 +559,23 @@ def machine_id(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    model = "unknown cpu"
+    return f"cpu:{cpu_model()}:{os.cpu_count()}cores:{torch.get_num_threads()}threads"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's ``model name``, else what :mod:`platform` says,
+    else ``"unknown"`` (read once per process)."""
+    import platform
+
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"cpu:{model}:{os.cpu_count()}cores:{torch.get_num_threads()}threads"
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _cache_file() -> str:

@@ -128,7 +128,6 @@ class Graph:
     varying: set
     last_use: dict
     input: fx.Node
-    output: fx.Node
     modules: dict = field(default_factory=dict)
     #: conv module -> (weight version key, the weight in channels-last layout), for one call
     weights: "weakref.WeakKeyDictionary" = field(default_factory=weakref.WeakKeyDictionary)
@@ -181,7 +180,6 @@ def _trace(model: nn.Module) -> Graph:
         raise Unsupported(f"the model's forward takes {len(placeholders)} inputs; incremental occlusion needs exactly one")
     modules = dict(gm.named_modules())
     varying = {placeholders[0]}
-    position = {n: i for i, n in enumerate(nodes)}
     last_use: dict = {}
     for i, n in enumerate(nodes):
         if any(a in varying for a in n.all_input_nodes):
@@ -195,10 +193,7 @@ def _trace(model: nn.Module) -> Graph:
             src = n.args[0] if n.args else None
             if isinstance(src, fx.Node) and len(src.users) > 1:
                 raise Unsupported(f"in-place operation {n.name!r} mutates {src.name!r}, which other nodes also read")
-    output = next(n for n in nodes if n.op == "output")
-    del position
-    return Graph(module=gm, nodes=nodes, varying=varying, last_use=last_use, input=placeholders[0], output=output,
-                 modules=modules)
+    return Graph(module=gm, nodes=nodes, varying=varying, last_use=last_use, input=placeholders[0], modules=modules)
 
 
 def _fetch(gm: fx.GraphModule, target: str):
@@ -219,32 +214,18 @@ def clean_pass(g: Graph, x: torch.Tensor) -> tuple[dict, object]:
     In-place operations run out of place here, so each cached activation is the value its node
     produced (not what a later in-place operation made of it)."""
     env: dict = {}
-    gm = g.module
-    for n in g.nodes:
-        if n.op == "placeholder":
-            env[n] = x
-        elif n.op == "get_attr":
-            env[n] = _fetch(gm, n.target)
-        elif n.op == "output":
-            return env, _load(n.args[0], env)
-        else:
-            args, kwargs = _load(n.args, env), _load(n.kwargs, env)
-            if n.op == "call_module":
-                m = g.modules[n.target]
-                if getattr(m, "inplace", False) and args and isinstance(args[0], torch.Tensor):
-                    args = (args[0].clone(), *args[1:])
-                env[n] = m(*args, **kwargs)
-            elif n.op == "call_function":
-                fn = _BINARY.get(n.target, n.target) if n.target in _INPLACE_FUNCTIONS else n.target
-                if kwargs.get("inplace") is True:
-                    kwargs = {**kwargs, "inplace": False}
-                env[n] = fn(*args, **kwargs)
-            else:  # call_method
-                name = str(n.target)
-                self_, rest = args[0], args[1:]
-                if name.endswith("_") and isinstance(self_, torch.Tensor) and hasattr(self_, name[:-1]):
-                    name = name[:-1]
-                env[n] = getattr(self_, name)(*rest, **kwargs)
+    try:
+        for n in g.nodes:
+            if n.op == "placeholder":
+                env[n] = x
+            elif n.op == "get_attr":
+                env[n] = _fetch(g.module, n.target)
+            elif n.op == "output":
+                return env, _load(n.args[0], env)
+            else:
+                env[n] = _call(g, n, _load(n.args, env), _load(n.kwargs, env), out_of_place=True)
+    finally:
+        g.weights.clear()  # the channels-last weight copies live for one pass, not between calls
     raise Unsupported("the graph has no output")  # pragma: no cover - fx graphs always end in output
 
 
@@ -280,7 +261,7 @@ class ScalePlan:
     windows: int
     macs_per_row: int  # multiply-accumulates of one row (window) in the incremental pass
     full_macs_per_row: int  # ... and in the ordinary forward pass
-    row_bytes: int  # bytes of all values one row creates (an upper bound of the live set)
+    row_bytes: int  # bytes one row holds at the peak of run_rows (values live to their last reader)
     device_at: dict = field(default_factory=dict)  # node -> (n_windows, 2) tensor on the device
     device_region_at: dict = field(default_factory=dict)
 
@@ -316,7 +297,6 @@ def _conv_geometry(m: nn.Module) -> tuple | None:
 def _box_through(at: np.ndarray, size: tuple[int, int], geom, out_size: tuple[int, int], tau: float | None):
     """The output box of a window box ``[at, at + size)`` through a sliding-window layer."""
     k, s, p, d, _pad = geom
-    new_at = np.empty_like(at)
     new_size = [0, 0]
     lo_all, hi_all = [], []
     for dim in range(2):
@@ -356,6 +336,12 @@ def _union(boxes, out_size, tau):
     return _place(lo_all, hi_all, size, out_size, tau)
 
 
+def _covers_most(size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Whether a box of ``size`` covers more than :data:`FULL_FRACTION` of a map of ``out_size``
+    (the node then runs on full maps)."""
+    return size[0] * size[1] > FULL_FRACTION * out_size[0] * out_size[1]
+
+
 def _spatial(t) -> tuple[int, int] | None:
     return (int(t.shape[-2]), int(t.shape[-1])) if isinstance(t, torch.Tensor) and t.ndim == 4 else None
 
@@ -388,8 +374,6 @@ def plan_scale(g: Graph, clean: dict, at: np.ndarray, size: tuple[int, int], tau
             steps[n] = Step("const", "const")
             continue
         value = clean[n]
-        numel = value[0].numel() if isinstance(value, torch.Tensor) and value.ndim > 0 else 0
-        elsize = value.element_size() if isinstance(value, torch.Tensor) else 0
         if n.op == "placeholder":
             steps[n] = Step("patch", "input", tuple(size), at.astype(np.int64), map_size=_spatial(value))
             continue
@@ -447,7 +431,8 @@ def _peak_row_bytes(g: Graph, steps: dict, clean: dict) -> int:
             src = clean[n.args[0]]
             temp += src.shape[1] * step.region[0] * step.region[1] * src.element_size()
         elif step.how in ("binary", "cat"):
-            temp += sum(clean[a].shape[1] for a in n.all_input_nodes if a in g.varying) * step.size[0] * step.size[1] * 4
+            temp += sum(clean[a].shape[1] * clean[a].element_size() for a in n.all_input_nodes if a in g.varying) \
+                * step.size[0] * step.size[1]
         live += own
         peak = max(peak, live + temp)
         for a in n.all_input_nodes:
@@ -472,7 +457,7 @@ def _patch_step(g: Graph, n: fx.Node, module, inputs, steps, clean, value, tau) 
         if geom is None or len(n.args) != 1 or n.kwargs or n.args[0] is not inputs[0]:
             return None
         at, size = _box_through(first.at, first.size, geom, out_size, tau)
-        if size[0] * size[1] > FULL_FRACTION * out_size[0] * out_size[1]:
+        if _covers_most(size, out_size):
             return None
         k, s, p, d, pad = geom
         region_at = np.stack([at[:, 0] * s[0] - p[0], at[:, 1] * s[1] - p[1]], axis=1)
@@ -499,7 +484,7 @@ def _patch_step(g: Graph, n: fx.Node, module, inputs, steps, clean, value, tau) 
             elif not _channel_constant(clean[a] if isinstance(a, fx.Node) else a):
                 return None
         at, size = _union(boxes, out_size, tau) if len(boxes) > 1 else (first.at, first.size)
-        if size[0] * size[1] > FULL_FRACTION * out_size[0] * out_size[1]:
+        if _covers_most(size, out_size):
             return None
         return Step("patch", "binary", size, at, map_size=out_size)
     if n.op == "call_function" and n.target is torch.cat:
@@ -510,7 +495,7 @@ def _patch_step(g: Graph, n: fx.Node, module, inputs, steps, clean, value, tau) 
         if not all(isinstance(a, fx.Node) and a in g.varying and _spatial(clean[a]) == out_size for a in tensors):
             return None
         at, size = _union([(steps[a].at, steps[a].size) for a in tensors], out_size, tau)
-        if size[0] * size[1] > FULL_FRACTION * out_size[0] * out_size[1]:
+        if _covers_most(size, out_size):
             return None
         return Step("patch", "cat", size, at, map_size=out_size)
     return None
@@ -656,10 +641,17 @@ def _weight_like(g: Graph, m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return known[1]
 
 
-def _call(g: Graph, n: fx.Node, args, kwargs):
-    """Node ``n``'s operation on ``args`` (in-place functions run out of place)."""
+def _call(g: Graph, n: fx.Node, args, kwargs, out_of_place: bool = False):
+    """Node ``n``'s operation on ``args``. In-place functions (``+=``, ...) always run out of
+    place; with ``out_of_place`` also in-place modules (on a copy of their input), in-place
+    methods (``relu_`` as ``relu``) and ``inplace=True`` arguments, so that no value another
+    node may read later is changed (the clean pass, whose values are cached)."""
+    if out_of_place and kwargs.get("inplace") is True:
+        kwargs = {**kwargs, "inplace": False}
     if n.op == "call_module":
         m = g.modules[n.target]
+        if out_of_place and getattr(m, "inplace", False) and args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(), *args[1:])
         if type(m) is nn.Conv2d and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) \
                 and m.padding_mode == "zeros":
             return F.conv2d(args[0], _weight_like(g, m, args[0]), m.bias, m.stride, m.padding, m.dilation, m.groups)
@@ -667,7 +659,10 @@ def _call(g: Graph, n: fx.Node, args, kwargs):
     if n.op == "call_function":
         fn = _BINARY[n.target] if n.target in _INPLACE_FUNCTIONS else n.target
         return fn(*args, **kwargs)
-    return getattr(args[0], str(n.target))(*args[1:], **kwargs)
+    name = str(n.target)
+    if out_of_place and name.endswith("_") and isinstance(args[0], torch.Tensor) and hasattr(args[0], name[:-1]):
+        name = name[:-1]
+    return getattr(args[0], name)(*args[1:], **kwargs)
 
 
 def _run_patch(g: Graph, n: fx.Node, step: Step, env, clean, rows: _Rows, on_box, assemble):
@@ -757,9 +752,14 @@ def window_scores(
     -------
     list of ScalePlan
         One per scale (for the cost: multiply-accumulates per window).
-    """
-    from .. import scheduler
 
+    Raises
+    ------
+    InputError
+        For a malformed budget or chunk size (:func:`fastviz.scheduler.plan_rows`).
+    OutOfBudgetError
+        If one row per pass still runs out of memory (:func:`fastviz.scheduler.run_chunks`).
+    """
     try:
         return _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_size, backend, tau, select)
     finally:
@@ -776,7 +776,9 @@ def _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_s
     first = clean_pass(g, x[:1])[0]
     per_frame = max(1, clean_bytes(first, g))
     group = max(1, min(b, int(budget // 4 // per_frame)))
-    layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    layout = torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    signature = scheduler.model_signature(g.module)
+    assemble = assembler(backend, device)
     plans: list[ScalePlan] | None = None
     for f0 in range(0, b, group):
         f1 = min(b, f0 + group)
@@ -785,12 +787,7 @@ def _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_s
         if isinstance(base, torch.Tensor):
             base_group = base[f0:f1].expand(f1 - f0, c, h, w).contiguous(memory_format=layout)
         if plans is None:
-            plans = []
-            for gr in grids:
-                tops = np.asarray(gr.tops, dtype=np.int64)
-                lefts = np.asarray(gr.lefts, dtype=np.int64)
-                at = np.stack([np.repeat(tops, len(lefts)), np.tile(lefts, len(tops))], axis=1)
-                plans.append(plan_scale(g, clean, at, (gr.height, gr.width), tau))
+            plans = [plan_scale(g, clean, gr.boxes()[:, :2].numpy(), (gr.height, gr.width), tau) for gr in grids]
         offset = 0
         for gr, sp in zip(grids, plans):
             m = len(gr)
@@ -803,7 +800,8 @@ def _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_s
                 continue
             p = scheduler.plan_rows(sp.row_bytes, rows_total, device, budget, chunk_size, cache_sized=True)
             size = (gr.height, gr.width)
-            at_all = torch.as_tensor(sp.steps[g.input].at, device=device)
+            _to_device(sp, device)
+            at_all = sp.device_at[g.input]  # the windows' corners
 
             def step(r0: int, r1: int, m=m, offset=offset, size=size, at_all=at_all, sp=sp,
                      clean=clean, f0=f0, base_group=base_group, todo=todo) -> None:
@@ -813,12 +811,12 @@ def _window_scores(g, x, grids, base, score_rows, scores, memory_budget, chunk_s
                 if base_group is None:
                     patch = torch.full((r1 - r0, c, *size), float(base), dtype=x.dtype, device=device)
                 else:
-                    patch = assembler(backend, device)(base_group, frame, at_all.index_select(0, window), size)
+                    patch = assemble(base_group, frame, at_all.index_select(0, window), size)
                 out = run_rows(g, sp, clean, frame, window, patch, backend)
                 frames = frame + f0
                 scores[frames * n + offset + window] = score_rows(out, frames)
 
-            key = ("occlusion-incremental", scheduler.model_signature(g.module), tuple(x.shape[1:]), str(x.dtype),
+            key = ("occlusion-incremental", signature, tuple(x.shape[1:]), str(x.dtype),
                    layout == torch.channels_last, size, m, tau)
             scheduler.run_chunks(scheduler.tune(p, step, device, key, fixed=chunk_size is not None), step, device)
             offset += m

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels, scheduler
-from ..errors import InputError
+from ..errors import InputError, fraction
 from ..hooks import check_input, model_guard
 from ..targets import Target, as_target, bind, evaluate, for_rows
 from . import incremental as _incremental
@@ -426,16 +426,15 @@ def occlusion(
     assemble = resolve_backend(backend, x.device, kernels.patches.DEFAULTS)
     coarse = None
     if drill_down is not None:
-        if isinstance(drill_down, bool) or not isinstance(drill_down, numbers.Real) or not 0.0 < drill_down <= 1.0:
-            raise InputError(f"drill_down must be a fraction in (0, 1] of the windows to score at the fine stride, got {drill_down!r}")
+        fraction("drill_down", drill_down, "the share of windows scored at the fine stride")
         sy, sx = _pair(stride, "stride")
         coarse = _pair(coarse_stride, "coarse_stride") if coarse_stride is not None else (3 * sy, 3 * sx)
     elif coarse_stride is not None:
         raise InputError("coarse_stride is the first pass of drill_down: pass drill_down=<fraction> too")
     if incremental not in ("auto", True, False):
         raise InputError(f"incremental must be 'auto', True or False, got {incremental!r}")
-    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0.0 < tau <= 1.0):
-        raise InputError(f"tau must be a number in (0, 1] (Krypton's projective-field threshold), got {tau!r}")
+    if tau is not None:
+        fraction("tau", tau, "Krypton's projective-field threshold")
     with model_guard(model), torch.no_grad():
         graph = _incremental_graph(model, incremental, tau, x.device)
         x = _fast_layout(model, x)
@@ -503,7 +502,9 @@ def _interpolation(fine: Sequence[int], coarse: Sequence[int]) -> np.ndarray:
 
 def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGrid], grids: Sequence[WindowGrid],
                     fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fine windows' estimates and which fine windows to score (adaptive drill-down).
+    """The fine windows' estimates and which fine windows to score (adaptive drill-down, after
+    Krypton's: Nakandala, Kumar and Papakonstantinou, SIGMOD 2019, a coarse stride everywhere,
+    the fine stride only where the coarse result is large).
 
     Parameters
     ----------
@@ -531,15 +532,11 @@ def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGr
         c0 += len(cg)
         wy = torch.as_tensor(_interpolation(fg.tops, cg.tops), dtype=dtype, device=device)
         wx = torch.as_tensor(_interpolation(fg.lefts, cg.lefts), dtype=dtype, device=device)
+        # at a coarse position the weights are one 1 and zeros: the estimate is that score exactly
         est = (wy @ sc @ wx.T).reshape(b, -1)
         known_y = torch.as_tensor(np.isin(fg.tops, cg.tops), device=device)
         known_x = torch.as_tensor(np.isin(fg.lefts, cg.lefts), device=device)
         known = (known_y[:, None] & known_x[None, :]).reshape(-1)
-        if known.any():  # exactly the coarse score (interpolation at a knot already is; no rounding)
-            ky = torch.as_tensor(np.searchsorted(cg.tops, fg.tops).clip(0, len(cg.tops) - 1), device=device)
-            kx = torch.as_tensor(np.searchsorted(cg.lefts, fg.lefts).clip(0, len(cg.lefts) - 1), device=device)
-            exact = sc[:, ky][:, :, kx].reshape(b, -1)
-            est = torch.where(known, exact, est)
         priority = est.abs().masked_fill(known, -1.0)
         k = min(int(math.ceil(fraction * len(fg))), int((~known).sum()))
         sel = torch.zeros_like(known).expand(b, -1).clone()
@@ -558,9 +555,9 @@ def _incremental_graph(model: nn.Module, incremental, tau, device: torch.device)
             raise InputError("tau (projective-field threshold) needs incremental inference: pass incremental='auto' or True")
         return None
     if incremental == "auto" and tau is None and device.type != "cpu":
-        # measured on an H200 (benchmarks/RESULTS.md): the many small launches of the
-        # incremental pass cost more than the FLOPs they save (PilotNet, one frame: 67 ms
-        # incremental vs 9 ms full)
+        # measured on an H200 (benchmarks/RESULTS.md, issue 13): the many small launches of
+        # the incremental pass cost more than the FLOPs they save (PilotNet, one frame: 33 ms
+        # incremental vs 12.4 ms full)
         log.debug("occlusion runs full forward passes: incremental='auto' applies on the CPU only")
         return None
     try:
@@ -590,9 +587,9 @@ def _full_scores(model, x, n, boxes, base, fill, tgt, clean_score, choice, score
         rows = torch.arange(r0, r1, device=x.device) if todo is None else todo[r0:r1]
         frame = torch.div(rows, n, rounding_mode="floor")
         # the chunk is scored before the next one overwrites the buffer
+        if buffers[0].shape[0] < r1 - r0:  # a larger chunk (while the plan is tuned)
+            buffers[0] = torch.empty((r1 - r0, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
         with parallel_kernels():
-            if buffers[0].shape[0] < r1 - r0:  # a larger chunk (while the plan is tuned)
-                buffers[0] = torch.empty((r1 - r0, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
             masked = fill(x, frame, boxes[rows - frame * n], base, out=buffers[0])
         out = model(masked)
         scores[rows] = clean_score[frame] - evaluate(tgt, out, None if choice is None else choice[frame], r1 - r0)

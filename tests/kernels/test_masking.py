@@ -8,8 +8,6 @@ tiny because the simulator runs every thread in Python.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -18,52 +16,13 @@ from fastviz.kernels import _backend, masking
 from fastviz.kernels.masking import masked_batch, masked_batch_torch
 from fastviz.methods.perturbation import make_baseline
 
-CUDA = torch.cuda.is_available()
+from kernel_backends import BACKENDS, CUDA, cuda_runs, device_of, launch_settings
+
 B, C, H, W = 3, 3, 7, 9
 
 
-def _cuda_runs() -> bool:
-    return CUDA or _backend.cuda_simulated()
-
-
-BACKENDS = [
-    "torch",
-    "cpu-serial",  # the CPU twin on one thread (small calls)
-    "cpu-parallel",  # the CPU twin's prange driver, forced on for tiny sizes
-    pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")),
-]
-
-
-def device_of(backend: str) -> str:
-    return "cuda" if backend == "cuda" and CUDA else "cpu"
-
-
-@contextlib.contextmanager
-def launch_settings(backend: str, max_blocks: int = 3):
-    """The CPU twin's serial or parallel driver; small CUDA launches: 8 threads per block and
-    at most ``max_blocks`` blocks (grid-stride)."""
-    if backend.startswith("cpu-"):
-        old = masking._PARALLEL_MIN_ELEMENTS
-        masking._PARALLEL_MIN_ELEMENTS = 0 if backend == "cpu-parallel" else 1 << 62
-        try:
-            yield
-        finally:
-            masking._PARALLEL_MIN_ELEMENTS = old
-        return
-    if backend != "cuda":
-        yield
-        return
-    old = masking._MAX_BLOCKS
-    masking._MAX_BLOCKS = max_blocks
-    try:
-        with _backend.use_threads_per_block(8):
-            yield
-    finally:
-        masking._MAX_BLOCKS = old
-
-
 def run(backend, x, frame, boxes, baseline, out=None, max_blocks=3):
-    with launch_settings(backend, max_blocks):
+    with launch_settings(masking, backend, max_blocks):
         return masked_batch(x, frame, boxes, baseline, out=out, backend=backend.split("-")[0])
 
 
@@ -222,7 +181,7 @@ def test_empty_window_table(backend, with_out):
         assert (out == 5.0).all()
 
 
-@pytest.mark.skipif(not _cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")
+@pytest.mark.skipif(not cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")
 @pytest.mark.parametrize("max_blocks", [1, 2, 10_000], ids=["one-block", "grid-stride", "one-element-per-thread"])
 def test_cuda_launch_shapes(max_blocks):
     """One block striding over everything, a few blocks striding, and a block per 8 elements."""

@@ -9,8 +9,6 @@ runs every thread in Python.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -19,54 +17,15 @@ import torch.nn.functional as F
 from fastviz.kernels import _backend, patches
 from fastviz.kernels.patches import assemble, assemble_torch
 
-CUDA = torch.cuda.is_available()
+from kernel_backends import BACKENDS, CUDA, cuda_runs, device_of, launch_settings
+
 B, C, H, W = 2, 3, 6, 7
 SIZE = (3, 4)  # region (rh, rw)
 PH, PW = 2, 3  # patch
 
 
-def _cuda_runs() -> bool:
-    return CUDA or _backend.cuda_simulated()
-
-
-BACKENDS = [
-    "torch",
-    "cpu-serial",  # the CPU twin on one thread (small calls)
-    "cpu-parallel",  # the CPU twin's prange driver, forced on for tiny sizes
-    pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")),
-]
-
-
-def device_of(backend: str) -> str:
-    return "cuda" if backend == "cuda" and CUDA else "cpu"
-
-
-@contextlib.contextmanager
-def launch_settings(backend: str, max_blocks: int = 3):
-    """The CPU twin's serial or parallel driver; small CUDA launches: 8 threads per block and
-    at most ``max_blocks`` blocks (grid-stride)."""
-    if backend.startswith("cpu-"):
-        old = patches._PARALLEL_MIN_ELEMENTS
-        patches._PARALLEL_MIN_ELEMENTS = 0 if backend == "cpu-parallel" else 1 << 62
-        try:
-            yield
-        finally:
-            patches._PARALLEL_MIN_ELEMENTS = old
-        return
-    if backend != "cuda":
-        yield
-        return
-    old = patches._MAX_BLOCKS
-    patches._MAX_BLOCKS = max_blocks
-    try:
-        with _backend.use_threads_per_block(8):
-            yield
-    finally:
-        patches._MAX_BLOCKS = old
-
-
 def run(backend, clean, frame, region_at, size, patch=None, patch_at=None, pad=0.0, out=None, max_blocks=3):
-    with launch_settings(backend, max_blocks):
+    with launch_settings(patches, backend, max_blocks):
         return assemble(clean, frame, region_at, size, patch, patch_at, pad=pad, out=out, backend=backend.split("-")[0])
 
 
@@ -301,7 +260,7 @@ def test_region_input_runs_the_conv_as_on_the_whole_map(backend):
         assert torch.allclose(part[r, :, :hh, :ww], full[r, :, py: py + hh, px: px + ww], rtol=0, atol=1e-12)
 
 
-@pytest.mark.skipif(not _cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")
+@pytest.mark.skipif(not cuda_runs(), reason="no GPU and NUMBA_ENABLE_CUDASIM is off")
 @pytest.mark.parametrize("max_blocks", [1, 2, 10_000], ids=["one-block", "grid-stride", "one-element-per-thread"])
 def test_cuda_launch_shapes(max_blocks):
     """One block striding over everything, a few blocks striding, and a block per 8 elements."""
