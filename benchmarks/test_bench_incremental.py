@@ -13,7 +13,8 @@ Implementations, each on the same frames and windows:
   ``perturbations_per_eval``; the report takes the best (Captum places windows only where they
   fit at the stride: 1,733 instead of 1,872 for PilotNet, 625 for the ResNet);
 - ``loop-64``: a plain loop that masks windows with tensor slicing and runs them in batches of 64;
-- approximate modes, on PilotNet only: ``drill-<coarse>-<fraction>`` (adaptive drill-down) and
+- approximate modes, on PilotNet only: ``drill-<coarse>-<fraction>`` (adaptive drill-down),
+  ``drill-scales-<f32>`` (drill-down with per-scale settings, see ``DRILL_SCALES``) and
   ``tau-<tau>`` (projective-field threshold), with their SSIM to the exact maps
   (:func:`fastviz.similarity.ssim`, min and mean over the frames).
 
@@ -50,6 +51,10 @@ WORKLOADS = {
     "resnet50-1": dict(model="resnet50-like", frames=1, windows=(32,), stride=8, rounds=2, ppe=(16, 64)),
 }
 DRILL = ((8, 0.3), (8, 0.1), (12, 0.05))
+#: Per-scale drill-down (``drill-scales-<f32>``): windows 8 and 16 interpolated from strides 12
+#: and 8, windows 32 from stride 8 with the fraction f32 rescored; chosen offline on 16 frames
+#: of the bundled log from exact scores (the largest windows carry the combined map).
+DRILL_SCALES = (0.5, 0.4)
 TAUS = (0.9, 0.7)
 
 
@@ -142,6 +147,9 @@ def test_incremental_interleaved(benchmark, device, name):
     if spec["model"] == "pilotnet":
         for coarse, frac in DRILL:
             runs[f"drill-{coarse}-{frac}"] = lambda c=coarse, f=frac: fv.occlusion(model, x, drill_down=f, coarse_stride=c, **kw)
+        for f32 in DRILL_SCALES:
+            runs[f"drill-scales-{f32}"] = lambda f=f32: fv.occlusion(
+                model, x, drill_down={8: 0.0, 16: 0.0, 32: f}, coarse_stride={8: 12, 16: 8, 32: 8}, **kw)
         for tau in TAUS:
             runs[f"tau-{tau}"] = lambda t=tau: fv.occlusion(model, x, tau=t, **kw)
 

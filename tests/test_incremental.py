@@ -471,3 +471,58 @@ def test_drill_down_errors():
         fv.occlusion(model, x, windows=(4,), stride=2, coarse_stride=6)
     with pytest.raises(InputError, match="coarse_stride"):
         fv.occlusion(model, x, windows=(4,), stride=2, drill_down=0.5, coarse_stride=0)
+
+
+def test_drill_down_per_scale_equals_its_parts():
+    """Per-scale settings: a scale with fraction 1 is exact, a scale with fraction 0 keeps the
+    interpolation of its own coarse scores (its coarse stride), each scale independently of the
+    others' settings."""
+    from fastviz.methods.perturbation import combine_scales, scale_maps
+
+    torch.manual_seed(12)
+    model = VGGTiny().double().eval()
+    x = torch.rand(2, 3, 20, 23, dtype=torch.float64)
+    exact = fv.occlusion(model, x, windows=(4, 6), stride=2)
+    every = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.0, 6: 1.0},
+                         coarse_stride={4: 6, 6: (4, 6)})
+    _assert_equal_maps(exact, every, 1e-10)
+    mixed = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.0, 6: 0.0}, coarse_stride={4: 4, 6: 6})
+    # the reference: window 4 exact at stride 2, window 6 scored at stride 6 and interpolated
+    h, w = x.shape[-2:]
+    fine = window_grids(h, w, (4, 6), 2)
+    coarse6 = window_grids(h, w, (6,), 6)[0]
+    s4 = fv.occlusion(model, x, windows=(4,), stride=2, score="delta")  # only to check the per-scale map below
+    with torch.no_grad():
+        y = model(x)[:, 0]
+
+        def scores(grid):
+            out = torch.empty(x.shape[0], len(grid), dtype=x.dtype)
+            for k, (y0, x0, y1, x1) in enumerate(grid.boxes().tolist()):
+                xm = x.clone()
+                xm[:, :, y0:y1, x0:x1] = 0.0
+                out[:, k] = y - model(xm)[:, 0]
+            return out
+
+        sc4 = scores(fine[0])
+        sc6 = scores(coarse6).view(-1, len(coarse6.tops), len(coarse6.lefts))
+    from fastviz.methods.perturbation import _interpolation
+
+    wy = torch.as_tensor(_interpolation(fine[1].tops, coarse6.tops))
+    wx = torch.as_tensor(_interpolation(fine[1].lefts, coarse6.lefts))
+    est6 = (wy @ sc6 @ wx.T).reshape(x.shape[0], -1)
+    expected = combine_scales(*scale_maps(torch.cat([sc4, est6], 1), fine, h, w))
+    _assert_equal_maps(expected.float(), mixed, 1e-6)
+    _assert_equal_maps(combine_scales(*scale_maps(sc4, fine[:1], h, w)).float(), s4, 1e-6)
+
+
+def test_drill_down_per_scale_errors():
+    model = VGGTiny().eval()
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(InputError, match=r"missing \[6\]"):
+        fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 0.5})
+    with pytest.raises(InputError, match=r"no window of size \[8\]"):
+        fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 0.5, 6: 0.5, 8: 0.5})
+    with pytest.raises(InputError, match=r"drill_down\[4\] must be a number in \[0, 1\]"):
+        fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.5, 6: 0.5})
+    with pytest.raises(InputError, match=r"coarse_stride\[6\] must be positive"):
+        fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down=0.5, coarse_stride={4: 4, 6: 0})

@@ -21,7 +21,7 @@ import logging
 import math
 import numbers
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -370,14 +370,20 @@ def occlusion(
         Approximate: Krypton's projective-field threshold; every layer's changed box is capped
         at ``ceil(tau * size)`` of its map's height and width (centred), the rest taken from
         the clean activations. ``None`` (default): exact. Needs incremental inference.
-    drill_down : float in (0, 1], optional
+    drill_down : float in (0, 1], or {window size: float in [0, 1]}, optional
         Approximate, adaptive drill-down: first score the windows at ``coarse_stride``, then
         at ``stride`` only the fraction ``drill_down`` of each frame's windows (per scale) whose
         estimate — the coarse scores linearly interpolated to the fine window's position — is
         largest in magnitude; the other fine windows keep their estimate (windows at a coarse
-        window's position take its score). ``None`` (default): every window is scored.
-    coarse_stride : int or (sy, sx), optional
-        The first pass's stride for ``drill_down``; default ``3 * stride``.
+        window's position take its score). A mapping gives each scale its own fraction, keyed
+        by the window sizes as given in ``windows`` (0: that scale keeps the interpolated
+        estimate everywhere). ``None`` (default): every window is scored.
+    coarse_stride : int, (sy, sx), or {window size: int or (sy, sx)}, optional
+        The first pass's stride for ``drill_down``, for every scale or per scale (keyed like
+        ``drill_down``); default ``3 * stride``. On the bundled log the largest windows carry
+        the combined map, so ``coarse_stride={8: 12, 16: 8, 32: 8}`` with
+        ``drill_down={8: 0, 16: 0, 32: 0.5}`` beats any single setting
+        (``benchmarks/RESULTS.md``).
 
     Returns
     -------
@@ -424,11 +430,12 @@ def occlusion(
     fill = _MASKING[resolve_backend(backend, x.device, kernels.masking.DEFAULTS)]
     reduce = resolve_backend(backend, x.device, kernels.scoring.DEFAULTS)
     assemble = resolve_backend(backend, x.device, kernels.patches.DEFAULTS)
-    coarse = None
+    coarse = fractions = None
     if drill_down is not None:
-        fraction("drill_down", drill_down, "the share of windows scored at the fine stride")
         sy, sx = _pair(stride, "stride")
-        coarse = _pair(coarse_stride, "coarse_stride") if coarse_stride is not None else (3 * sy, 3 * sx)
+        fractions = _per_scale(drill_down, windows, "drill_down", _drill_fraction)
+        coarse = _per_scale((3 * sy, 3 * sx) if coarse_stride is None else coarse_stride, windows, "coarse_stride",
+                            lambda v, name: _pair(v, name))
     elif coarse_stride is not None:
         raise InputError("coarse_stride is the first pass of drill_down: pass drill_down=<fraction> too")
     if incremental not in ("auto", True, False):
@@ -480,9 +487,9 @@ def occlusion(
         if drill_down is None:
             scores = window_scores(grids)
         else:
-            coarse_grids = window_grids(h, w, windows, coarse)
+            coarse_grids = [window_grids(h, w, [(g.height, g.width)], c)[0] for g, c in zip(grids, coarse)]
             coarse_scores = window_scores(coarse_grids).view(b, -1)
-            estimate, select = drill_down_plan(coarse_scores, coarse_grids, grids, float(drill_down))
+            estimate, select = drill_down_plan(coarse_scores, coarse_grids, grids, fractions)
             scores = window_scores(grids, select, into=estimate.reshape(-1).contiguous())
     if score == "abs":
         scores.abs_()
@@ -490,6 +497,34 @@ def occlusion(
         return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
     with parallel_kernels():
         return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()
+
+
+def _drill_fraction(value, name: str) -> float:
+    """A drill-down fraction: in (0, 1] for every scale at once, in [0, 1] for one scale."""
+    if name == "drill_down":
+        return fraction(name, value, "the share of windows scored at the fine stride")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise InputError(f"{name} must be a number in [0, 1] (the share of the scale's windows scored at the fine "
+                         f"stride), got {value!r}")
+    return float(value)
+
+
+def _per_scale(value, windows, name: str, check) -> list:
+    """``value`` for each scale of ``windows``: one setting for all, or a mapping keyed by the
+    window sizes as given (an int or ``(h, w)``), every scale present and no other key."""
+    sizes = [windows] if isinstance(windows, numbers.Integral) else list(windows)
+    if not isinstance(value, Mapping):
+        return [check(value, name)] * len(sizes)
+    keyed = {}
+    for key, v in value.items():
+        keyed[_pair(key, f"{name} key")] = check(v, f"{name}[{key!r}]")
+    wanted = [_pair(size, "window size") for size in sizes]
+    missing = [size for size, p in zip(sizes, wanted) if p not in keyed]
+    extra = [k for k in value if _pair(k, f"{name} key") not in wanted]
+    if missing or extra:
+        raise InputError(f"{name} per scale must have one entry per window size {tuple(sizes)}: "
+                         + (f"missing {missing}" if missing else f"no window of size {extra}"))
+    return [keyed[p] for p in wanted]
 
 
 def _interpolation(fine: Sequence[int], coarse: Sequence[int]) -> np.ndarray:
@@ -501,7 +536,7 @@ def _interpolation(fine: Sequence[int], coarse: Sequence[int]) -> np.ndarray:
 
 
 def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGrid], grids: Sequence[WindowGrid],
-                    fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    fraction: float | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """The fine windows' estimates and which fine windows to score (adaptive drill-down, after
     Krypton's: Nakandala, Kumar and Papakonstantinou, SIGMOD 2019, a coarse stride everywhere,
     the fine stride only where the coarse result is large).
@@ -511,7 +546,7 @@ def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGr
     coarse_scores : Tensor (B, n_coarse)
         Window scores at the coarse stride, scales in ``coarse_grids`` order.
     coarse_grids, grids : the coarse and the fine windows; same window sizes, in the same order.
-    fraction : float in (0, 1]
+    fraction : float in [0, 1], or one per scale
         Share of each frame's fine windows, per scale, to score (largest ``|estimate|`` first).
 
     Returns
@@ -526,8 +561,9 @@ def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGr
     b = coarse_scores.shape[0]
     dtype, device = coarse_scores.dtype, coarse_scores.device
     estimates, selects = [], []
+    fractions = [fraction] * len(grids) if isinstance(fraction, numbers.Real) else list(fraction)
     c0 = 0
-    for cg, fg in zip(coarse_grids, grids):
+    for cg, fg, share in zip(coarse_grids, grids, fractions):
         sc = coarse_scores[:, c0: c0 + len(cg)].reshape(b, len(cg.tops), len(cg.lefts))
         c0 += len(cg)
         wy = torch.as_tensor(_interpolation(fg.tops, cg.tops), dtype=dtype, device=device)
@@ -538,7 +574,7 @@ def drill_down_plan(coarse_scores: torch.Tensor, coarse_grids: Sequence[WindowGr
         known_x = torch.as_tensor(np.isin(fg.lefts, cg.lefts), device=device)
         known = (known_y[:, None] & known_x[None, :]).reshape(-1)
         priority = est.abs().masked_fill(known, -1.0)
-        k = min(int(math.ceil(fraction * len(fg))), int((~known).sum()))
+        k = min(int(math.ceil(share * len(fg))), int((~known).sum()))
         sel = torch.zeros_like(known).expand(b, -1).clone()
         if k > 0:
             order = torch.argsort(priority, dim=1, descending=True, stable=True)[:, :k]
