@@ -16,6 +16,10 @@ that chooses by the device of the tensors it is given, at call time (``backend="
 ``"auto"`` takes each module's ``DEFAULTS``: the Numba CPU twins on the CPU, where
 benchmarks/RESULTS.md shows them beating the torch references; torch on CUDA until the CUDA
 kernels are measured on a GPU (they are tested in Numba's CUDA simulator).
+
+The ``@cuda.jit`` kernels live in private siblings (``_masking_cuda`` ...) that the ``"cuda"``
+backend imports on its first launch, so ``import fastviz`` and the CPU paths never load
+``numba.cuda`` (it costs import time, and loads even where there is no GPU).
 """
 
 from ._backend import BACKENDS, threads_per_block, use_threads_per_block

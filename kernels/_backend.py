@@ -5,6 +5,11 @@ CPU twin compiled with ``numba.njit(parallel=True, cache=True)`` (``"cpu"``) and
 reference (``"torch"``). :func:`resolve` picks one from the device of the tensors given — at
 call time, never at import time.
 
+``numba.cuda`` is loaded only when the ``"cuda"`` backend runs (or is resolved for CUDA
+tensors): each kernel module keeps its ``@cuda.jit`` kernel in a sibling ``_<module>_cuda.py``
+that its CUDA launch imports, and this module imports ``numba.cuda`` only inside functions.
+``import fastviz`` and every CPU path load no ``numba.cuda`` module (tests/test_imports.py).
+
 GPU interop: torch CUDA tensors pass to Numba through ``__cuda_array_interface__``
 (:func:`device_array`, no copy) and kernels launch on torch's current stream
 (:func:`launch_stream`), so results stay torch tensors on the device, ordered with torch's work.

@@ -15,7 +15,7 @@ Three implementations side by side (see :mod:`fastviz.kernels._backend`):
   the output rows, in ``out``'s memory order;
 - :func:`masked_batch_cuda`: a ``numba.cuda`` kernel, a grid-stride loop over the output
   elements in ``out``'s memory order (coalesced writes, also for channels-last), launched on
-  torch's current stream.
+  torch's current stream; the kernel lives in :mod:`._masking_cuda`, imported on first launch.
 
 :func:`masked_batch` checks its arguments and runs the implementation that ``backend`` names,
 ``"auto"``: :data:`DEFAULTS` for the tensors' device, decided at call time.
@@ -31,7 +31,7 @@ import numbers
 
 import numba
 import torch
-from numba import cuda, prange, types
+from numba import prange, types
 
 from . import _backend
 
@@ -311,40 +311,8 @@ def masked_batch_cpu(
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA kernel (numba.cuda; CPU tensors under the simulator)
-
-@cuda.jit(cache=True)
-def _masked_batch_device(x, frame, boxes, base, fill, use_fill, out, channels_inner):  # pragma: no cover - compiled by Numba
-    """``out[i]`` = ``x[frame[i]]`` with ``boxes[i]`` filled; a grid-stride loop over elements."""
-    m, c, h, w = out.shape
-    n = m * c * h * w
-    bb = base.shape[0] > 1
-    by = base.shape[2] > 1
-    bx = base.shape[3] > 1
-    for k in range(cuda.grid(1), n, cuda.gridsize(1)):
-        # consecutive threads -> consecutive addresses of out (coalesced writes)
-        if channels_inner:
-            ch = k % c
-            t = k // c
-            col = t % w
-            t = t // w
-            y = t % h
-            i = t // h
-        else:
-            col = k % w
-            t = k // w
-            y = t % h
-            t = t // h
-            ch = t % c
-            i = t // c
-        f = frame[i]
-        if boxes[i, 0] <= y and y < boxes[i, 2] and boxes[i, 1] <= col and col < boxes[i, 3]:
-            if use_fill:
-                out[i, ch, y, col] = fill
-            else:
-                out[i, ch, y, col] = base[f if bb else 0, ch, y if by else 0, col if bx else 0]
-        else:
-            out[i, ch, y, col] = x[f, ch, y, col]
+# CUDA kernel (numba.cuda; CPU tensors under the simulator). The kernel itself is in
+# kernels/_masking_cuda.py, imported on first launch: CPU-only runs never load numba.cuda.
 
 
 def masked_batch_cuda(
@@ -362,9 +330,11 @@ def masked_batch_cuda(
     channels_inner = dst.stride(1) < dst.stride(3)
     tpb = _backend.threads_per_block()
     blocks = min(math.ceil(n / tpb), _MAX_BLOCKS)
+    from ._masking_cuda import masked_batch_device  # loads numba.cuda: only on this backend
+
     d = _backend.device_array
     with _backend.launch_stream(x) as stream:
-        _masked_batch_device[blocks, tpb, stream](
+        masked_batch_device[blocks, tpb, stream](
             d(x), d(frame), d(boxes), d(base), float(baseline) if use_fill else 0.0, use_fill, d(dst), channels_inner
         )
     return dst

@@ -36,7 +36,7 @@ Three implementations side by side (see :mod:`fastviz.kernels._backend`):
   clean, right padding), in ``out``'s memory order;
 - :func:`assemble_cuda`: a ``numba.cuda`` kernel, a grid-stride loop over the output elements
   in ``out``'s memory order (coalesced writes, also for channels-last), launched on torch's
-  current stream.
+  current stream; the kernel lives in :mod:`._patches_cuda`, imported on first launch.
 
 :func:`assemble` checks its arguments and runs the implementation that ``backend`` names,
 ``"auto"``: :data:`DEFAULTS` for the tensors' device, decided at call time.
@@ -52,7 +52,7 @@ import numbers
 
 import numba
 import torch
-from numba import cuda, prange, types
+from numba import prange, types
 
 from . import _backend
 
@@ -424,44 +424,8 @@ def assemble_cpu(
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA kernel (numba.cuda; CPU tensors under the simulator)
-
-@cuda.jit(cache=True)
-def _assemble_device(clean, frame, region_at, patch, patch_at, pad, has_patch, out, channels_inner):  # pragma: no cover - compiled by Numba
-    """``out[n]`` = row ``n``'s padded region with its patch; a grid-stride loop over elements."""
-    rows, c, rh, rw = out.shape
-    total = rows * c * rh * rw
-    h = clean.shape[2]
-    w = clean.shape[3]
-    ph = patch.shape[2]
-    pw = patch.shape[3]
-    for k in range(cuda.grid(1), total, cuda.gridsize(1)):
-        # consecutive threads -> consecutive addresses of out (coalesced writes)
-        if channels_inner:
-            ch = k % c
-            t = k // c
-            j = t % rw
-            t = t // rw
-            i = t % rh
-            n = t // rh
-        else:
-            j = k % rw
-            t = k // rw
-            i = t % rh
-            t = t // rh
-            ch = t % c
-            n = t // c
-        y = region_at[n, 0] + i
-        x = region_at[n, 1] + j
-        if y < 0 or y >= h or x < 0 or x >= w:
-            out[n, ch, i, j] = pad
-        else:
-            dy = y - patch_at[n, 0]
-            dx = x - patch_at[n, 1]
-            if has_patch and 0 <= dy and dy < ph and 0 <= dx and dx < pw:
-                out[n, ch, i, j] = patch[n, ch, dy, dx]
-            else:
-                out[n, ch, i, j] = clean[frame[n], ch, y, x]
+# CUDA kernel (numba.cuda; CPU tensors under the simulator). The kernel itself is in
+# kernels/_patches_cuda.py, imported on first launch: CPU-only runs never load numba.cuda.
 
 
 def assemble_cuda(
@@ -487,9 +451,11 @@ def assemble_cuda(
     channels_inner = dst.stride(1) < dst.stride(3)
     tpb = _backend.threads_per_block()
     blocks = min(math.ceil(total / tpb), _MAX_BLOCKS)
+    from ._patches_cuda import assemble_device  # loads numba.cuda: only on this backend
+
     d = _backend.device_array
     with _backend.launch_stream(clean) as stream:
-        _assemble_device[blocks, tpb, stream](
+        assemble_device[blocks, tpb, stream](
             d(clean), d(frame), d(region_at), d(patch), d(patch_at), float(pad), has_patch, d(dst), channels_inner
         )
     return dst

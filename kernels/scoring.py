@@ -19,8 +19,9 @@ edges cut the frame into row and column bands on which every map is constant; on
 band sums each window's score into the column bands it spans, for every frame, then expands the
 band to pixels; small work runs on the calling thread); :func:`scale_maps_cuda`, a ``numba.cuda``
 kernel (one thread per pixel and group of up to 8 frames, in a grid-stride loop, scanning the
-windows of each scale once for the group). The numba paths accumulate in float64 and write the
-scores' dtype (float16/bfloat16 scores are computed in float32).
+windows of each scale once for the group; in :mod:`._scoring_cuda`, imported on first launch).
+The numba paths accumulate in float64 and write the scores' dtype (float16/bfloat16 scores are
+computed in float32).
 
 Example
 -------
@@ -39,7 +40,6 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 import torch
-from numba import cuda
 
 from ._backend import (
     device_array,
@@ -397,54 +397,8 @@ def scale_maps_cpu(scores, boxes, scale, n_scales, height, width) -> tuple[torch
 
 
 # --------------------------------------------------------------------------------------------
-# CUDA kernel
-
-
-@cuda.jit(cache=True)
-def _scale_maps_kernel(scores, boxes, order, offsets, height, width, maps, covered, out, want_maps):  # pragma: no cover - device code
-    """Grid-stride over items ``(frame group, y, x)``: a thread scans the windows of each scale
-    once for up to ``_FRAMES_PER_THREAD`` frames, accumulating their sums in float64; it writes
-    its pixel of ``maps`` (if ``want_maps``), of ``covered`` (group 0) and of ``out``."""
-    b = scores.shape[0]
-    n_scales = offsets.shape[0] - 1
-    pixels = height * width
-    n_items = pixels * max(1, (b + _FRAMES_PER_THREAD - 1) // _FRAMES_PER_THREAD)  # B = 0: one empty group writes covered
-    acc = cuda.local.array(_FRAMES_PER_THREAD, numba.float64)
-    total = cuda.local.array(_FRAMES_PER_THREAD, numba.float64)
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for item in range(start, n_items, step):
-        f0 = (item // pixels) * _FRAMES_PER_THREAD
-        p = item % pixels
-        y, x = p // width, p % width
-        nf = min(_FRAMES_PER_THREAD, b - f0)
-        for j in range(nf):
-            total[j] = 0.0
-        n_cover = 0
-        for s in range(n_scales):
-            for j in range(nf):
-                acc[j] = 0.0
-            count = 0
-            for k in range(offsets[s], offsets[s + 1]):
-                w = order[k]
-                if boxes[w, 0] <= y < boxes[w, 2] and boxes[w, 1] <= x < boxes[w, 3]:
-                    count += 1
-                    for j in range(nf):
-                        acc[j] += scores[f0 + j, w]
-            if f0 == 0:
-                covered[s, y, x] = count > 0
-            if count > 0:
-                n_cover += 1
-            else:
-                count = 1
-            for j in range(nf):
-                mean = acc[j] / count
-                total[j] += mean
-                if want_maps:
-                    maps[f0 + j, s, y, x] = mean
-        if n_cover == 0:
-            n_cover = 1
-        for j in range(nf):
-            out[f0 + j, y, x] = total[j] / n_cover
+# CUDA kernel (kernels/_scoring_cuda.py, imported on first launch: CPU-only runs never load
+# numba.cuda)
 
 
 def _run_cuda(scores, boxes, scale, n_scales, height, width, want_maps=True):
@@ -456,10 +410,12 @@ def _run_cuda(scores, boxes, scale, n_scales, height, width, want_maps=True):
     out = (torch.empty if n_scales > 0 else torch.zeros)(b, height, width, dtype=src.dtype, device=dev)  # S = 0: no launch, 0
     n_items = height * width * max(1, math.ceil(b / _FRAMES_PER_THREAD))
     if n_scales > 0:
+        from ._scoring_cuda import scale_maps_kernel  # loads numba.cuda: only on this backend
+
         tpb = threads_per_block()
         blocks = min(math.ceil(n_items / tpb), _MAX_BLOCKS)
         with launch_stream(src) as stream:
-            _scale_maps_kernel[blocks, tpb, stream](
+            scale_maps_kernel[blocks, tpb, stream](
                 device_array(src), device_array(boxes.contiguous()), device_array(order), device_array(offsets),
                 height, width, device_array(maps), device_array(covered), device_array(out), want_maps,
             )

@@ -17,7 +17,8 @@ Implementations (:func:`upscale_chain` picks one with :func:`fastviz.kernels._ba
 - ``"torch"`` (:func:`upscale_chain_torch`): the reference, fastviz.methods.vbp's loop
   (``conv_transpose2d`` + bilinear resize where pooling sits between convs + multiply);
 - ``"cpu"`` (:func:`upscale_chain_cpu`): a ``numba.njit(parallel=True, cache=True)`` twin;
-- ``"cuda"`` (:func:`upscale_chain_cuda`): one ``numba.cuda`` launch for the whole chain.
+- ``"cuda"`` (:func:`upscale_chain_cuda`): one ``numba.cuda`` launch for the whole chain (the
+  kernel in :mod:`._vbp_cuda`, imported on first launch).
 
 The ``cpu`` and ``cuda`` kernels take float32 chains where every conv's input size equals the
 shallower mean map's size (:func:`supported`: no pooling between convs); ``"auto"`` uses
@@ -34,7 +35,6 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import cuda
 from torch import nn
 
 from ._backend import device_array, host_array, launch_stream, resolve, threads_per_block
@@ -432,63 +432,8 @@ def upscale_chain_cpu(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeom
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA
-
-
-@cuda.jit
-def _chain_cuda_kernel(buf, out, geo, offs):  # pragma: no cover - compiled (or simulated)
-    # One launch for the whole chain: one thread block per frame (grid-stride over frames), its
-    # threads striding over the pixels of one layer, cuda.syncthreads() between layers. A frame's
-    # maps are small (PilotNet: ~17k pixels over all layers), so a block keeps them in L1/L2
-    # and a per-layer launch would only add launch latency (5 launches instead of 1) and a
-    # device-wide barrier where a block barrier is enough. Each shallower map is overwritten in
-    # place in buf (a packed copy of the means) with its product; the first conv's goes to out.
-    n_frames = buf.shape[0]
-    n_layers = geo.shape[0]
-    tid = cuda.threadIdx.x
-    n_threads = cuda.blockDim.x
-    for f in range(cuda.blockIdx.x, n_frames, cuda.gridDim.x):
-        for layer in range(n_layers - 1, -1, -1):
-            kh = geo[layer, 0]
-            kw = geo[layer, 1]
-            sh = geo[layer, 2]
-            sw = geo[layer, 3]
-            ph = geo[layer, 4]
-            pw = geo[layer, 5]
-            dh = geo[layer, 6]
-            dw = geo[layer, 7]
-            big_h = geo[layer, 8]
-            big_w = geo[layer, 9]
-            h = geo[layer, 10]
-            w = geo[layer, 11]
-            src = offs[layer]
-            dst = 0
-            if layer > 0:
-                dst = offs[layer - 1]
-            for pix in range(tid, big_h * big_w, n_threads):
-                y = pix // big_w
-                x = pix - y * big_w
-                acc = np.float32(0.0)
-                for ky in range(kh):
-                    t = y + ph - dh * ky
-                    if t < 0:
-                        break
-                    i = t // sh
-                    if i * sh != t or i >= h:
-                        continue
-                    base = src + i * w
-                    for kx in range(kw):
-                        u = x + pw - dw * kx
-                        if u < 0:
-                            break
-                        j = u // sw
-                        if j * sw == u and j < w:
-                            acc += buf[f, base + j]
-                if layer > 0:
-                    buf[f, dst + pix] *= acc
-                else:
-                    out[f, y, x] = acc
-            cuda.syncthreads()
+# CUDA (the kernel is in kernels/_vbp_cuda.py, imported on first launch: CPU-only runs never
+# load numba.cuda)
 
 
 @functools.lru_cache(maxsize=64)
@@ -510,8 +455,10 @@ def _run_cuda(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.
     geo = _geometry_table(means, geometry)
     geo_t, offs_t = _cuda_tables((tuple(map(tuple, geo.tolist())), tuple(offs.tolist())), str(first.device))
     blocks = min(b, _MAX_BLOCKS)
+    from ._vbp_cuda import chain_kernel  # loads numba.cuda: only on this backend
+
     with launch_stream(first) as stream:
-        _chain_cuda_kernel[blocks, threads_per_block(), stream](
+        chain_kernel[blocks, threads_per_block(), stream](
             device_array(buf), device_array(out), device_array(geo_t), device_array(offs_t)
         )
     return out
