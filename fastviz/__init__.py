@@ -29,6 +29,7 @@ from .methods import (
     visual_backprop,
 )
 from .overlay import write_overlay
+from .stream import stream
 
 __all__ = [
     "audit",
@@ -51,6 +52,7 @@ __all__ = [
     "render",
     "saliency",
     "scheduler",
+    "stream",
     "targets",
     "tempfiles",
     "video",
