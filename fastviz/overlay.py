@@ -55,6 +55,10 @@ DEFAULT_METHOD = "saliency"
 #: The model-free method: frames -> maps with OpenCV, no model forward (not in the registry).
 BACKPROJECTION = "backprojection"
 
+#: The latency budget of the pipeline under ``write_overlay`` (ms): large, so its micro-batches
+#: grow to ``batch`` frames; a file converter wants throughput, not a deadline.
+PIPELINE_LATENCY_MS = 600_000.0
+
 #: Frames are enlarged by a whole factor up to about this many pixels on their long side, unless
 #: ``scale`` is given (CarRacing's 96 x 96 frames: x4).
 AUTO_SCALE_TARGET = 384
@@ -324,6 +328,7 @@ def write_overlay(
 
     import fastviz
 
+    from .stream import stream
     from .video import ImageFolderSink, MapsSink, VideoSink, codec_for, open_source
 
     started = time.perf_counter()
@@ -363,29 +368,24 @@ def write_overlay(
     recorded = _recorded_steering(source) if gauge else None
     want_prediction = gauge or maps_path is not None
 
-    def explain(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if model is None:
-            from .methods.backprojection import backprojection_maps
-
-            return backprojection_maps(frames, **options), None
-        x = model.preprocess(frames)
-        maps = fastviz.explain(model, x, method=method, **options)  # checks x first
-        prediction = _predict(model, x) if want_prediction else None
-        return maps.detach().float().cpu().numpy(), prediction
-
     def shown(maps: np.ndarray) -> np.ndarray:
         """What the pictures draw: the maps after ``smooth`` (the saved maps stay raw)."""
         return smoother(torch.from_numpy(maps)).numpy() if smoother.active else maps
 
-    batches = source.batches(batch, max_frames=max_frames)
+    # decoding and the method run in the pipeline's threads (fastviz.stream, every frame in
+    # order: policy "block", no pacing) while this thread draws and encodes
+    first_started = time.time()
+    pipeline = stream(model, source, method, policy="block", realtime=False, max_frames=max_frames,
+                      max_latency_ms=PIPELINE_LATENCY_MS, max_batch=batch, predict=want_prediction, **options)
     sinks: list = [None, None]
     written = 0
     pictures_committed = False
     try:
-        first_started = time.time()
-        first = next(batches)
-        # frames the model cannot take are named by the method's own input check (before the model runs)
-        first_maps, first_prediction = explain(first)
+        # the first batch fixes the colour scale ("first") and, with the first picture, the sinks
+        results = iter(pipeline)  # one iterator: closing an iterator of a stream closes the stream
+        head = list(itertools.islice(results, batch))
+        first_maps = np.stack([r.saliency_map for r in head])
+        first_prediction = None if head[0].prediction is None else np.array([r.prediction for r in head], np.float32)
         first_shown = shown(first_maps)
         if gauge and first_prediction is None:
             raise InputError("the steering gauge needs a model with a single output (a steering angle)")
@@ -408,7 +408,7 @@ def write_overlay(
                 dial = (float(prediction), rec)
             return rd.render(frame, m, layout, gauge=dial, **look)
 
-        shape = picture(0, first[0], first_shown[0], None if first_prediction is None else first_prediction[0]).shape
+        shape = picture(0, head[0].frame, first_shown[0], None if first_prediction is None else first_prediction[0]).shape
         total = source.frame_count
         if max_frames is not None:
             total = max_frames if total is None else min(total, max_frames)
@@ -427,27 +427,39 @@ def write_overlay(
             ) as bar:
                 # the bar appears only once the input is known good; count the first batch's time too
                 bar.start_t = bar.last_print_t = first_started
-                rest = ((frames, *explain(frames)) for frames in batches)
-                for k, (frames, maps, prediction) in enumerate(
-                        itertools.chain([(first, first_maps, first_prediction)], rest)):
-                    drawn = first_shown if k == 0 else shown(maps)
-                    for j, (frame, m) in enumerate(zip(frames, drawn)):
-                        sink.write(picture(written + j, frame, m, None if prediction is None else prediction[j]))
+                groups = itertools.chain([(head, first_maps, first_shown, first_prediction)],
+                                         ((r, *_one(r, shown)) for r in _grouped(results, batch)))
+                for results, maps, drawn, prediction in groups:
+                    for j, (r, m) in enumerate(zip(results, drawn)):
+                        sink.write(picture(r.index, r.frame, m, None if prediction is None else prediction[j]))
                     if maps_sink is not None:
-                        index = np.arange(written, written + len(frames), dtype=np.int64)
+                        index = np.array([r.index for r in results], dtype=np.int64)
                         maps_sink.write(maps, index=index, prediction=prediction)
-                    written += len(frames)
-                    bar.update(len(frames))
+                    written += len(results)
+                    bar.update(len(results))
             pictures_committed = True
     except BaseException as exc:
         if pictures_committed:  # only the maps' commit can fail after this
             exc.fastviz_written = [(sinks[0].path, written)]  # type: ignore[attr-defined]
         _keep_note(exc, sinks)
+        pipeline._close_for(exc)
         raise
     finally:
-        batches.close()
+        pipeline.close()
     return OverlayResult(output=output, frames=written, seconds=time.perf_counter() - started, maps=maps_path,
                          method=method)
+
+
+def _grouped(results, size: int):
+    """The stream's results in lists of ``size`` (the last may be shorter)."""
+    return iter(lambda: list(itertools.islice(results, size)), [])
+
+
+def _one(results, shown) -> tuple:
+    """``(maps, drawn maps, predictions or None)`` of a list of stream results."""
+    maps = np.stack([r.saliency_map for r in results])
+    prediction = None if results[0].prediction is None else np.array([r.prediction for r in results], np.float32)
+    return maps, shown(maps), prediction
 
 
 class _Nothing:

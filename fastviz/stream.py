@@ -98,7 +98,6 @@ import torch
 
 from .errors import InputError, positive_number
 from .hooks import model_lock
-from .methods import explain
 from .methods.backprojection import backprojection_maps
 from .overlay import BACKPROJECTION, DEFAULT_METHOD, _predict, check_method_options
 from .postprocess import Smoother
@@ -582,8 +581,9 @@ class _Pipeline:
     :class:`Stream`, so a stream dropped unclosed can still be collected and closed."""
 
     def __init__(self, *, model, method, options, source, policy, budget_s, pace_fps, max_frames, smoother,
-                 sink, max_batch) -> None:
+                 sink, max_batch, predict=True) -> None:
         self.model = model
+        self.predict = predict
         self.method = method
         self.options = options
         self.source = source
@@ -638,9 +638,13 @@ class _Pipeline:
             prediction = None
         else:
             x = self.model.preprocess(frames)
-            maps = explain(self.model, x, method=self.method, **self.options).detach()
-            with model_lock(self.model):
-                prediction = _predict(self.model, x)
+            import fastviz  # looked up at call time, as write_overlay always did (tests wrap fastviz.explain)
+
+            maps = fastviz.explain(self.model, x, method=self.method, **self.options).detach()
+            prediction = None
+            if self.predict:
+                with model_lock(self.model):
+                    prediction = _predict(self.model, x)
         if self.smoother.active:
             maps = self.smoother(maps)
         return maps.float().cpu().numpy(), prediction
@@ -1057,6 +1061,7 @@ def stream(
     smooth_alpha: float = 0.5,
     sink: Callable[[StreamResult], None] | None = None,
     max_batch: int = 64,
+    predict: bool = True,
     **options,
 ) -> Stream:
     """Saliency maps of a stream of frames as they come: decode, method and sink run concurrently.
@@ -1097,6 +1102,9 @@ def stream(
         it stops the stream and is raised in the consumer.
     max_batch : int
         The largest micro-batch, >= 1.
+    predict : bool
+        Run the model for its prediction (one more forward pass per micro-batch); ``False``:
+        every result's ``prediction`` is None (``write_overlay`` without the gauge or saved maps).
     **options
         The method's own keywords (``layer``, ``windows``, ``target``, ...).
 
@@ -1163,7 +1171,7 @@ def stream(
                 raise InputError(f"realtime=True needs a frame rate: the source {source!r} has none; give fps=")
         pipeline = _Pipeline(model=model, method=method, options=options, source=source, policy=policy,
                              budget_s=budget_ms / 1e3, pace_fps=pace_fps, max_frames=max_frames, smoother=smoother,
-                             sink=sink, max_batch=max_batch)
+                             sink=sink, max_batch=max_batch, predict=bool(predict))
         pipeline.start()
     except BaseException as exc:
         try:
