@@ -332,24 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="moving average: weight of the newest map, in (0, 1] (default: %(default)s)")
     ov.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    opts = ov.add_argument_group("method options (passed on only when given)")
-    opts.add_argument(
-        "--layer", metavar="NAME", help="grad_cam: target layer by dotted name (default: the model's cam_layer, "
-        "features.5 for PilotNet, else the activation after the last conv)"
-    )
-    opts.add_argument("--windows", type=_int_list, metavar="S,S,...", help="occlusion: window sizes, e.g. 8,16,32")
-    opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
-    opts.add_argument("--baseline", type=_baseline, metavar="VALUE", help="occlusion: fill value, or mean / blur")
-    opts.add_argument(
-        "--memory-budget", type=_memory_budget, metavar="X",
-        help="memory a chunk of work may use: 512MiB, 8GiB, a byte count, or a fraction of free memory "
-        "such as 0.8 (default: a safe fraction of free memory; chunks halve on out-of-memory)",
-    )
-    opts.add_argument(
-        "--target", type=_target, metavar="T",
-        help="what the map explains: output[:I], steering[:DEG] (the steering-direction target, "
-        "threshold in degrees), class:K or top (default: the single output, or the top class)",
-    )
+    _add_method_options(ov)
     ov.set_defaults(run=_overlay)
 
     bn = commands.add_parser(
@@ -396,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parser(commands, sys.modules[__name__])
     audit_cli.add_report_parser(commands, sys.modules[__name__])
+    from . import live
+
+    live.add_parser(commands, sys.modules[__name__])
     return parser
 
 
@@ -408,6 +394,28 @@ _METHOD_OPTIONS = {
 }
 
 
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The method keywords of ``overlay`` and ``live`` (read back by :func:`_method_options`)."""
+    opts = parser.add_argument_group("method options (passed on only when given)")
+    opts.add_argument(
+        "--layer", metavar="NAME", help="grad_cam: target layer by dotted name (default: the model's cam_layer, "
+        "features.5 for PilotNet, else the activation after the last conv)"
+    )
+    opts.add_argument("--windows", type=_int_list, metavar="S,S,...", help="occlusion: window sizes, e.g. 8,16,32")
+    opts.add_argument("--stride", type=_positive_int, metavar="N", help="occlusion: window stride in pixels")
+    opts.add_argument("--baseline", type=_baseline, metavar="VALUE", help="occlusion: fill value, or mean / blur")
+    opts.add_argument(
+        "--memory-budget", type=_memory_budget, metavar="X",
+        help="memory a chunk of work may use: 512MiB, 8GiB, a byte count, or a fraction of free memory "
+        "such as 0.8 (default: a safe fraction of free memory; chunks halve on out-of-memory)",
+    )
+    opts.add_argument(
+        "--target", type=_target, metavar="T",
+        help="what the map explains: output[:I], steering[:DEG] (the steering-direction target, "
+        "threshold in degrees), class:K or top (default: the single output, or the top class)",
+    )
 
 
 def _method_options(args: argparse.Namespace) -> dict:

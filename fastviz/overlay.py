@@ -21,11 +21,13 @@ goes through the model.
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -428,15 +430,44 @@ def write_overlay(
                 # the bar appears only once the input is known good; count the first batch's time too
                 bar.start_t = bar.last_print_t = first_started
                 groups = itertools.chain([(head, first_maps, first_shown, first_prediction)],
-                                         ((r, *_one(r, shown)) for r in _grouped(results, batch)))
-                for results, maps, drawn, prediction in groups:
-                    for j, (r, m) in enumerate(zip(results, drawn)):
-                        sink.write(picture(r.index, r.frame, m, None if prediction is None else prediction[j]))
-                    if maps_sink is not None:
-                        index = np.array([r.index for r in results], dtype=np.int64)
-                        maps_sink.write(maps, index=index, prediction=prediction)
-                    written += len(results)
-                    bar.update(len(results))
+                                         ((g, *_one(g, shown)) for g in _grouped(results, batch)))
+                # drawing runs in its own thread, a group ahead of this one, which encodes and writes
+                # each group's pictures, then its maps: both outputs always hold the same frames
+                pending: collections.deque = collections.deque()
+
+                def flush(keep: int) -> None:
+                    nonlocal written
+                    while len(pending) > keep:
+                        group, pictures, maps, prediction = pending.popleft()
+                        for future in pictures:
+                            sink.write(future.result())
+                        if maps_sink is not None:
+                            index = np.array([r.index for r in group], dtype=np.int64)
+                            maps_sink.write(maps, index=index, prediction=prediction)
+                        written += len(group)
+                        bar.update(len(group))
+
+                with ThreadPoolExecutor(1, thread_name_prefix="fastviz-overlay-render") as draw:
+                    try:
+                        while True:
+                            try:
+                                group, maps, drawn, prediction = next(groups)
+                            except StopIteration:
+                                break
+                            except BaseException:
+                                # the source or the method failed (or Ctrl-C): the groups already
+                                # computed are finished first, so --keep-partial keeps them
+                                flush(keep=0)
+                                raise
+                            pictures = [draw.submit(picture, r.index, r.frame, m,
+                                                    None if prediction is None else prediction[j])
+                                        for j, (r, m) in enumerate(zip(group, drawn))]
+                            pending.append((group, pictures, maps, prediction))
+                            flush(keep=1)
+                        flush(keep=0)
+                    except BaseException:
+                        draw.shutdown(wait=True, cancel_futures=True)
+                        raise
             pictures_committed = True
     except BaseException as exc:
         if pictures_committed:  # only the maps' commit can fail after this
