@@ -14,7 +14,8 @@ Implementations, each on the same frames and windows:
   fit at the stride: 1,733 instead of 1,872 for PilotNet, 625 for the ResNet);
 - ``loop-64``: a plain loop that masks windows with tensor slicing and runs them in batches of 64;
 - approximate modes, on PilotNet only: ``drill-<coarse>-<fraction>`` (adaptive drill-down),
-  ``drill-scales-<f32>`` (drill-down with per-scale settings, see ``DRILL_SCALES``) and
+  ``drill-scales-<f32>`` (drill-down with per-scale settings, see ``DRILL_SCALES``),
+  ``drill-checker-<scales>`` (a checkerboard first pass on those scales, see ``DRILL_CHECKER``) and
   ``tau-<tau>`` (projective-field threshold), with their SSIM to the exact maps
   (:func:`fastviz.similarity.ssim`, min and mean over the frames).
 
@@ -55,6 +56,12 @@ DRILL = ((8, 0.3), (8, 0.1), (12, 0.05))
 #: and 8, windows 32 from stride 8 with the fraction f32 rescored; chosen offline on 16 frames
 #: of the bundled log from exact scores (the largest windows carry the combined map).
 DRILL_SCALES = (0.5, 0.4)
+#: Drill-down with a checkerboard first pass (``drill-checker-<name>``): per scale, the coarse
+#: stride or "checkerboard", and no rescoring; chosen offline like ``DRILL_SCALES``.
+DRILL_CHECKER = {
+    "32": {8: 12, 16: 8, 32: "checkerboard"},
+    "16-32": {8: 12, 16: "checkerboard", 32: "checkerboard"},
+}
 TAUS = (0.9, 0.7)
 
 
@@ -150,6 +157,9 @@ def test_incremental_interleaved(benchmark, device, name):
         for f32 in DRILL_SCALES:
             runs[f"drill-scales-{f32}"] = lambda f=f32: fv.occlusion(
                 model, x, drill_down={8: 0.0, 16: 0.0, 32: f}, coarse_stride={8: 12, 16: 8, 32: 8}, **kw)
+        for label, first in DRILL_CHECKER.items():
+            runs[f"drill-checker-{label}"] = lambda c=first: fv.occlusion(
+                model, x, drill_down={8: 0.0, 16: 0.0, 32: 0.0}, coarse_stride=c, **kw)
         for tau in TAUS:
             runs[f"tau-{tau}"] = lambda t=tau: fv.occlusion(model, x, tau=t, **kw)
 

@@ -473,6 +473,10 @@ def test_drill_down_errors():
         fv.occlusion(model, x, windows=(4,), stride=2, drill_down=0.5, coarse_stride=0)
 
 
+#: The output the by-hand references below score (VGGTiny has 5).
+T0 = fv.targets.Output(0)
+
+
 def test_drill_down_per_scale_equals_its_parts():
     """Per-scale settings: a scale with fraction 1 is exact, a scale with fraction 0 keeps the
     interpolation of its own coarse scores (its coarse stride), each scale independently of the
@@ -482,16 +486,16 @@ def test_drill_down_per_scale_equals_its_parts():
     torch.manual_seed(12)
     model = VGGTiny().double().eval()
     x = torch.rand(2, 3, 20, 23, dtype=torch.float64)
-    exact = fv.occlusion(model, x, windows=(4, 6), stride=2)
-    every = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.0, 6: 1.0},
+    exact = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0)
+    every = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0, drill_down={4: 1.0, 6: 1.0},
                          coarse_stride={4: 6, 6: (4, 6)})
     _assert_equal_maps(exact, every, 1e-10)
-    mixed = fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.0, 6: 0.0}, coarse_stride={4: 4, 6: 6})
+    mixed = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0, drill_down={4: 1.0, 6: 0.0}, coarse_stride={4: 4, 6: 6})
     # the reference: window 4 exact at stride 2, window 6 scored at stride 6 and interpolated
     h, w = x.shape[-2:]
     fine = window_grids(h, w, (4, 6), 2)
     coarse6 = window_grids(h, w, (6,), 6)[0]
-    s4 = fv.occlusion(model, x, windows=(4,), stride=2, score="delta")  # only to check the per-scale map below
+    s4 = fv.occlusion(model, x, windows=(4,), stride=2, score="delta", target=T0)  # only to check the per-scale map below
     with torch.no_grad():
         y = model(x)[:, 0]
 
@@ -526,3 +530,51 @@ def test_drill_down_per_scale_errors():
         fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down={4: 1.5, 6: 0.5})
     with pytest.raises(InputError, match=r"coarse_stride\[6\] must be positive"):
         fv.occlusion(model, x, windows=(4, 6), stride=2, drill_down=0.5, coarse_stride={4: 4, 6: 0})
+
+
+def test_checkerboard_estimate_by_hand():
+    from fastviz.methods.perturbation import WindowGrid, checkerboard, checkerboard_estimate
+
+    board = checkerboard(WindowGrid(2, 2, (0, 1, 2), (0, 1, 2, 3)))
+    assert board.tolist() == [[True, False, True, False], [False, True, False, True], [True, False, True, False]]
+    s = torch.tensor([[1.0, 0, 3, 0], [0, 5, 0, 7], [9, 0, 11, 0]]).unsqueeze(0)
+    est = checkerboard_estimate(s, torch.as_tensor(board))[0]
+    # (0, 1): neighbours 1, 3 (row) and 5 (below) -> 3; (1, 0): 1, 9, 5 -> 5; (0, 3): 3, 7 -> 5;
+    # (1, 2): 3, 11, 5, 7 -> 6.5; (2, 3): 7, 11 -> 9
+    assert est[0, 1] == 3.0 and est[1, 0] == 5.0 and est[0, 3] == 5.0 and est[1, 2] == 6.5 and est[2, 3] == 9.0
+    assert torch.equal(est[torch.as_tensor(board)], s[0][torch.as_tensor(board)])
+
+
+def test_drill_down_checkerboard_equals_its_reference():
+    from fastviz.methods.perturbation import checkerboard, checkerboard_estimate, combine_scales, scale_maps
+
+    torch.manual_seed(13)
+    model = VGGTiny().double().eval()
+    x = torch.rand(2, 3, 20, 23, dtype=torch.float64)
+    exact = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0)
+    every = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0, drill_down={4: 1.0, 6: 1.0},
+                         coarse_stride={4: "checkerboard", 6: "checkerboard"})
+    _assert_equal_maps(exact, every, 1e-10)
+    some = fv.occlusion(model, x, windows=(4, 6), stride=2, target=T0, drill_down={4: 1.0, 6: 0.0},
+                        coarse_stride={4: 4, 6: "checkerboard"})
+    # the reference: window 4 exact, window 6 from its exact checkerboard scores and neighbour means
+    h, w = x.shape[-2:]
+    fine = window_grids(h, w, (4, 6), 2)
+    with torch.no_grad():
+        y = model(x)[:, 0]
+        sc = []
+        for grid in fine:
+            out = torch.empty(x.shape[0], len(grid), dtype=x.dtype)
+            for k, (y0, x0, y1, x1) in enumerate(grid.boxes().tolist()):
+                xm = x.clone()
+                xm[:, :, y0:y1, x0:x1] = 0.0
+                out[:, k] = y - model(xm)[:, 0]
+            sc.append(out)
+    g6 = fine[1]
+    board = torch.as_tensor(checkerboard(g6))
+    est6 = checkerboard_estimate(sc[1].view(-1, len(g6.tops), len(g6.lefts)), board).reshape(x.shape[0], -1)
+    expected = combine_scales(*scale_maps(torch.cat([sc[0], est6], 1), fine, h, w))
+    _assert_equal_maps(expected.float(), some, 1e-6)
+    assert not torch.allclose(some, exact.float(), atol=1e-6)
+    with pytest.raises(InputError, match="coarse_stride"):
+        fv.occlusion(model, x, windows=(4,), stride=2, target=T0, drill_down=0.5, coarse_stride="chessboard")

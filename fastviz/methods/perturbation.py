@@ -378,12 +378,15 @@ def occlusion(
         window's position take its score). A mapping gives each scale its own fraction, keyed
         by the window sizes as given in ``windows`` (0: that scale keeps the interpolated
         estimate everywhere). ``None`` (default): every window is scored.
-    coarse_stride : int, (sy, sx), or {window size: int or (sy, sx)}, optional
-        The first pass's stride for ``drill_down``, for every scale or per scale (keyed like
-        ``drill_down``); default ``3 * stride``. On the bundled log the largest windows carry
-        the combined map, so ``coarse_stride={8: 12, 16: 8, 32: 8}`` with
-        ``drill_down={8: 0, 16: 0, 32: 0.5}`` beats any single setting
-        (``benchmarks/RESULTS.md``).
+    coarse_stride : int, (sy, sx), "checkerboard", or {window size: one of those}, optional
+        The first pass of ``drill_down``, for every scale or per scale (keyed like
+        ``drill_down``): a stride (default ``3 * stride``), or ``"checkerboard"``: every other
+        window of the fine grid in a checkerboard (quincunx) pattern, each other window
+        estimated as the mean of its scored neighbours one stride away. On the bundled log the
+        largest windows carry the combined map and a checkerboard estimates them best:
+        ``coarse_stride={8: 12, 16: 8, 32: "checkerboard"}`` with
+        ``drill_down={8: 0, 16: 0, 32: 0}`` scores a third of the exact pass's
+        multiply-accumulates at SSIM >= 0.96 (``benchmarks/RESULTS.md``).
 
     Returns
     -------
@@ -435,7 +438,7 @@ def occlusion(
         sy, sx = _pair(stride, "stride")
         fractions = _per_scale(drill_down, windows, "drill_down", _drill_fraction)
         coarse = _per_scale((3 * sy, 3 * sx) if coarse_stride is None else coarse_stride, windows, "coarse_stride",
-                            lambda v, name: _pair(v, name))
+                            lambda v, name: CHECKERBOARD if v == CHECKERBOARD else _pair(v, name))
     elif coarse_stride is not None:
         raise InputError("coarse_stride is the first pass of drill_down: pass drill_down=<fraction> too")
     if incremental not in ("auto", True, False):
@@ -487,16 +490,100 @@ def occlusion(
         if drill_down is None:
             scores = window_scores(grids)
         else:
-            coarse_grids = [window_grids(h, w, [(g.height, g.width)], c)[0] for g, c in zip(grids, coarse)]
-            coarse_scores = window_scores(coarse_grids).view(b, -1)
-            estimate, select = drill_down_plan(coarse_scores, coarse_grids, grids, fractions)
-            scores = window_scores(grids, select, into=estimate.reshape(-1).contiguous())
+            scores = _drill_down(window_scores, grids, coarse, fractions, b, h, w, clean_score.dtype, x.device)
     if score == "abs":
         scores.abs_()
     if reduce == "torch":  # plain torch: two 0/1 coverage matmuls per scale on the grid
         return combine_scales(*scale_maps(scores.view(b, n), grids, h, w)).float()
     with parallel_kernels():
         return kernels.occlusion_map(scores.view(b, n), boxes, scale, len(grids), h, w, backend=reduce).float()
+
+
+#: ``coarse_stride`` value of a scale whose first pass scores every other window of the fine
+#: grid, in a checkerboard (quincunx) pattern; each other window's estimate is the mean of its
+#: (up to four) scored neighbours, one fine stride away.
+CHECKERBOARD = "checkerboard"
+
+
+def checkerboard(grid: WindowGrid) -> np.ndarray:
+    """bool ``(len(tops), len(lefts))``: the windows of a checkerboard first pass (top-left kept)."""
+    i, j = np.meshgrid(np.arange(len(grid.tops)), np.arange(len(grid.lefts)), indexing="ij")
+    return (i + j) % 2 == 0
+
+
+def checkerboard_estimate(scores: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """The checkerboard pass's estimate of every window of one scale.
+
+    Parameters
+    ----------
+    scores : Tensor (B, T, L)
+        Window scores on the scale's grid (``T`` tops x ``L`` lefts), valid where ``known``.
+    known : bool Tensor (T, L)
+        The windows scored (:func:`checkerboard`).
+
+    Returns
+    -------
+    Tensor (B, T, L)
+        The scores where known; elsewhere the mean of the known edge neighbours (up, down,
+        left, right), one fine stride away.
+    """
+    k = known.to(scores.dtype)
+    v = torch.where(known, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+    total = torch.zeros_like(v)
+    count = torch.zeros_like(k)
+    total[:, 1:] += v[:, :-1]
+    total[:, :-1] += v[:, 1:]
+    total[:, :, 1:] += v[:, :, :-1]
+    total[:, :, :-1] += v[:, :, 1:]
+    count[1:] += k[:-1]
+    count[:-1] += k[1:]
+    count[:, 1:] += k[:, :-1]
+    count[:, :-1] += k[:, 1:]
+    return torch.where(known, scores, total / count.clamp(min=1))
+
+
+def _drill_down(window_scores, grids, coarse, fractions, b: int, h: int, w: int, dtype, device) -> torch.Tensor:
+    """Adaptive drill-down's scores ``(B * n)``: the first pass per scale (a coarse grid, or
+    the fine grid's checkerboard), the estimates, then the chosen fine windows scored."""
+    n = sum(len(g) for g in grids)
+    offsets = np.cumsum([0] + [len(g) for g in grids])
+    estimate = torch.zeros(b, n, dtype=dtype, device=device)
+    select = torch.zeros(b, n, dtype=torch.bool, device=device)
+    on_grid = [k for k, c in enumerate(coarse) if c != CHECKERBOARD]
+    on_board = [k for k, c in enumerate(coarse) if c == CHECKERBOARD]
+    if on_grid:
+        fine = [grids[k] for k in on_grid]
+        coarse_grids = [window_grids(h, w, [(g.height, g.width)], coarse[k])[0] for k, g in zip(on_grid, fine)]
+        est, sel = drill_down_plan(window_scores(coarse_grids).view(b, -1), coarse_grids, fine,
+                                   [fractions[k] for k in on_grid])
+        m0 = 0
+        for k, g in zip(on_grid, fine):
+            estimate[:, offsets[k]:offsets[k + 1]] = est[:, m0:m0 + len(g)]
+            select[:, offsets[k]:offsets[k + 1]] = sel[:, m0:m0 + len(g)]
+            m0 += len(g)
+    if on_board:
+        boards = {k: torch.as_tensor(checkerboard(grids[k]), device=device) for k in on_board}
+        first = torch.zeros(b, n, dtype=torch.bool, device=device)
+        for k, board in boards.items():
+            first[:, offsets[k]:offsets[k + 1]] = board.reshape(-1)
+        window_scores(grids, first, into=estimate.view(-1))
+        for k, board in boards.items():
+            g = grids[k]
+            part = estimate[:, offsets[k]:offsets[k + 1]].view(b, len(g.tops), len(g.lefts))
+            est = checkerboard_estimate(part, board)
+            estimate[:, offsets[k]:offsets[k + 1]] = est.reshape(b, -1)
+            unknown = ~board.reshape(-1)
+            count = min(int(math.ceil(fractions[k] * len(g))), int(unknown.sum()))
+            if count > 0:
+                priority = est.reshape(b, -1).abs().masked_fill(~unknown, -1.0)
+                order = torch.argsort(priority, dim=1, descending=True, stable=True)[:, :count]
+                part_sel = torch.zeros(b, len(g), dtype=torch.bool, device=device)
+                part_sel.scatter_(1, order, True)
+                select[:, offsets[k]:offsets[k + 1]] = part_sel
+    scores = estimate.reshape(-1).contiguous()
+    if bool(select.any()):
+        window_scores(grids, select, into=scores)
+    return scores
 
 
 def _drill_fraction(value, name: str) -> float:
