@@ -386,9 +386,7 @@ def write_overlay(
         # the first batch fixes the colour scale ("first") and, with the first picture, the sinks
         results = iter(pipeline)  # one iterator: closing an iterator of a stream closes the stream
         head = list(itertools.islice(results, batch))
-        first_maps = np.stack([r.saliency_map for r in head])
-        first_prediction = None if head[0].prediction is None else np.array([r.prediction for r in head], np.float32)
-        first_shown = shown(first_maps)
+        first_maps, first_shown, first_prediction = _one(head, shown)
         if gauge and first_prediction is None:
             raise InputError("the steering gauge needs a model with a single output (a steering angle)")
         signed = _signed(method, options)

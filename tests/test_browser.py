@@ -32,18 +32,23 @@ CHROMIUM_ARGS = [
 
 PAGE = '<!doctype html><video id="v" src="overlay.mp4" muted playsinline preload="auto"></video>'
 
-#: The mean colour of the video's current frame, drawn to a canvas (same origin: not tainted).
-MEAN_RGB = """() => {
-  const v = document.getElementById('v');
+def mean_rgb(element_id: str, width: str = "videoWidth", height: str = "videoHeight") -> str:
+    """JavaScript: the mean colour of an element's current picture (a video's frame, an image),
+    drawn to a canvas (same origin: not tainted)."""
+    return """() => {
+  const v = document.getElementById('%s');
   const c = document.createElement('canvas');
-  c.width = v.videoWidth; c.height = v.videoHeight;
+  c.width = v.%s; c.height = v.%s;
   const g = c.getContext('2d');
   g.drawImage(v, 0, 0);
   const d = g.getImageData(0, 0, c.width, c.height).data;
   const s = [0, 0, 0];
   for (let i = 0; i < d.length; i += 4) { s[0] += d[i]; s[1] += d[i + 1]; s[2] += d[i + 2]; }
   return s.map(x => x / (d.length / 4));
-}"""
+}""" % (element_id, width, height)
+
+
+MEAN_RGB = mean_rgb("v")
 
 
 def _browser():

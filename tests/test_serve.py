@@ -19,7 +19,7 @@ import pytest
 
 from fastviz.errors import InputError
 from fastviz.serve import LiveServer, parse_address
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _browser
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _browser, mean_rgb
 
 BITS = 8  # a picture's index, written as 8 black/white stripes (JPEG keeps them exactly)
 
@@ -347,18 +347,8 @@ def test_ipv6_loopback():
 
 # --------------------------------------------------------------------------- browser
 
-#: The mean RGB of the live image, drawn to a canvas (same origin: not tainted).
-MEAN_RGB = """() => {
-  const v = document.getElementById('live');
-  const c = document.createElement('canvas');
-  c.width = v.naturalWidth; c.height = v.naturalHeight;
-  const g = c.getContext('2d');
-  g.drawImage(v, 0, 0);
-  const d = g.getImageData(0, 0, c.width, c.height).data;
-  const s = [0, 0, 0];
-  for (let i = 0; i < d.length; i += 4) { s[0] += d[i]; s[1] += d[i + 1]; s[2] += d[i + 2]; }
-  return s.map(x => x / (d.length / 4));
-}"""
+#: The mean RGB of the live image.
+MEAN_RGB = mean_rgb("live", "naturalWidth", "naturalHeight")
 
 SHOWN = "() => document.querySelector('#stats tr[data-key=\"shown\"] td').textContent"
 
