@@ -9,8 +9,9 @@ The result is not normalised.
 
 Each input pixel ``y`` of a conv receives the sum of the deeper map over the output positions
 ``i`` whose receptive field contains it: ``y = i * stride - padding + dilation * k`` for some
-``k`` in ``[0, kernel)``. The kernels compute that as a gather per input pixel (no atomics),
-fused with the multiplication by the shallower map.
+``k`` in ``[0, kernel)``. The kernels compute that without atomics, fused with the
+multiplication by the shallower map: the CUDA kernel as a gather per input pixel, the CPU twin
+separably per frame (columns of the deeper map tap by tap, then rows).
 
 Implementations (:func:`upscale_chain` picks one with :func:`fastviz.kernels._backend.resolve`):
 
@@ -56,7 +57,8 @@ __all__ = [
 DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 
 #: The CPU twin runs frames in parallel (numba.prange) only from this many output pixels per call
-#: (B x the sum of the convs' input sizes; PilotNet: ~17.7k per frame, ~60 us on one core), below
+#: (B x the sum of the convs' input sizes; PilotNet: ~17.7k per frame, ~60 us on one core with
+#: the first, gather-only kernel, 23 us with today's columns-first one), below
 #: it on the calling thread alone. A parallel region waits until every worker thread gets a core:
 #: with the cores busy (torch's OpenMP workers still spinning after its own ops, other processes)
 #: that cost 8-16 ms per call on the shared 2-core development machine, for a 0.06 ms PilotNet
@@ -315,82 +317,98 @@ def _axis_sources(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -> tupl
 
 @functools.lru_cache(maxsize=64)
 def _cpu_tables(key: tuple) -> tuple[np.ndarray, ...]:
-    """Gather tables for a chain, from ``key = ((geometry, (h, w)), ...)``: dims ``(L, 4)`` (H, W,
-    h, w), row counts/indices ``(L, Hmax)`` / ``(L, Hmax, Kh)``, column ones likewise."""
+    """Tables for a chain, from ``key = ((geometry, (h, w)), ...)``: dims ``(L, 4)`` (H, W, h, w),
+    row counts/indices ``(L, Hmax)`` / ``(L, Hmax, Kh)`` (:func:`_axis_sources`) and the column
+    geometry ``(L, 4)`` (kernel, stride, padding, dilation along the width)."""
     n = len(key)
     hmax = max(g.in_size[0] for g, _ in key)
-    wmax = max(g.in_size[1] for g, _ in key)
     khmax = max(g.kernel[0] for g, _ in key)
-    kwmax = max(g.kernel[1] for g, _ in key)
     dims = np.zeros((n, 4), dtype=np.int64)
     rn = np.zeros((n, hmax), dtype=np.int64)
     rt = np.zeros((n, hmax, khmax), dtype=np.int64)
-    cn = np.zeros((n, wmax), dtype=np.int64)
-    ct = np.zeros((n, wmax, kwmax), dtype=np.int64)
+    cols = np.zeros((n, 4), dtype=np.int64)
     for layer, (g, (h, w)) in enumerate(key):
         big_h, big_w = g.in_size
         dims[layer] = (big_h, big_w, h, w)
         c, t = _axis_sources(big_h, h, g.kernel[0], g.stride[0], g.padding[0], g.dilation[0])
         rn[layer, :big_h], rt[layer, :big_h, : g.kernel[0]] = c, t
-        c, t = _axis_sources(big_w, w, g.kernel[1], g.stride[1], g.padding[1], g.dilation[1])
-        cn[layer, :big_w], ct[layer, :big_w, : g.kernel[1]] = c, t
-    for a in (dims, rn, rt, cn, ct):
+        cols[layer] = (g.kernel[1], g.stride[1], g.padding[1], g.dilation[1])
+    for a in (dims, rn, rt, cols):
         a.setflags(write=False)
-    return dims, rn, rt, cn, ct
+    return dims, rn, rt, cols
 
 
 @numba.njit(cache=True)
-def _chain_cpu_frame(row, out, offs, dims, rn, rt, cn, ct, tmp):  # pragma: no cover - compiled
-    # One frame, layer by layer from the deepest, each layer separably: rows first (tmp[y, j] =
-    # sum of the deeper map's rows that reach input row y), then columns, fused with the product
-    # into the shallower map's slot of the frame's packed row (into out for the first conv).
-    n_layers = dims.shape[0]
-    for layer in range(n_layers - 1, -1, -1):
+def _chain_cpu_frame(row, out, offs, dims, rn, rt, cols, tmp, acc):  # pragma: no cover - compiled
+    # One frame, layer by layer from the deepest, each layer separably. Columns first, on the
+    # deeper (smaller) map: tmp[i, x] = sum of its row i over the outputs j whose receptive field
+    # holds input column x (x = j * s - p + kk * d), taken tap by tap over contiguous j with no
+    # index tables. Then rows: each input row y is the sum of the tmp rows that reach it
+    # (contiguous, vectorised), fused with the product into the shallower map's slot of the
+    # frame's packed row (into out for the first conv). tmp and acc are separate scratch arrays,
+    # so the compiler sees no aliasing with row in the inner loops.
+    for layer in range(dims.shape[0] - 1, -1, -1):
         big_h = dims[layer, 0]
         big_w = dims[layer, 1]
+        h = dims[layer, 2]
         w = dims[layer, 3]
+        kw = cols[layer, 0]
+        sw = cols[layer, 1]
+        pw = cols[layer, 2]
+        dw = cols[layer, 3]
         src = offs[layer]
-        for y in range(big_h):
-            t0 = y * w
-            for j in range(w):
-                tmp[t0 + j] = 0.0
-            for a in range(rn[layer, y]):
-                s0 = src + rt[layer, y, a] * w
-                for j in range(w):
-                    tmp[t0 + j] += row[s0 + j]
+        for i in range(h):
+            t = tmp[i]
+            for x in range(big_w):
+                t[x] = 0.0
+            s0 = src + i * w
+            for kk in range(kw):
+                off = kk * dw - pw  # input column of output j: j * sw + off
+                j_lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                j_hi = 0 if big_w - 1 - off < 0 else min(w, (big_w - 1 - off) // sw + 1)
+                for j in range(j_lo, j_hi):
+                    t[j * sw + off] += row[s0 + j]
         dst = offs[layer - 1] if layer > 0 else 0
         for y in range(big_h):
-            t0 = y * w
             for x in range(big_w):
-                acc = np.float32(0.0)
-                for b in range(cn[layer, x]):
-                    acc += tmp[t0 + ct[layer, x, b]]
-                if layer > 0:
-                    row[dst + y * big_w + x] *= acc
-                else:
-                    out[y, x] = acc
+                acc[x] = 0.0
+            for a in range(rn[layer, y]):
+                t = tmp[rt[layer, y, a]]
+                for x in range(big_w):
+                    acc[x] += t[x]
+            if layer > 0:
+                d0 = dst + y * big_w
+                for x in range(big_w):
+                    row[d0 + x] *= acc[x]
+            else:
+                o = out[y]
+                for x in range(big_w):
+                    o[x] = acc[x]
 
 
 @numba.njit(cache=True)
-def _tmp_size(dims):  # pragma: no cover - compiled
-    size = 1
+def _scratch(dims):  # pragma: no cover - compiled
+    # the column pass's (h, W) map and one accumulated row of width W, at the chain's largest
+    rows = 1
+    widest = 1
     for layer in range(dims.shape[0]):
-        size = max(size, dims[layer, 0] * dims[layer, 3])
-    return size
+        rows = max(rows, dims[layer, 2])
+        widest = max(widest, dims[layer, 1])
+    return np.empty((rows, widest), dtype=np.float32), np.empty(widest, dtype=np.float32)
 
 
 @numba.njit(parallel=True, cache=True)
-def _chain_cpu_parallel(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
-    size = _tmp_size(dims)
+def _chain_cpu_parallel(buf, out, offs, dims, rn, rt, cols):  # pragma: no cover - compiled
     for f in numba.prange(buf.shape[0]):
-        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cn, ct, np.empty(size, dtype=np.float32))
+        tmp, acc = _scratch(dims)
+        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cols, tmp, acc)
 
 
 @numba.njit(cache=True)
-def _chain_cpu_serial(buf, out, offs, dims, rn, rt, cn, ct):  # pragma: no cover - compiled
-    tmp = np.empty(_tmp_size(dims), dtype=np.float32)
+def _chain_cpu_serial(buf, out, offs, dims, rn, rt, cols):  # pragma: no cover - compiled
+    tmp, acc = _scratch(dims)
     for f in range(buf.shape[0]):
-        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cn, ct, tmp)
+        _chain_cpu_frame(buf[f], out[f], offs, dims, rn, rt, cols, tmp, acc)
 
 
 def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.Tensor:
@@ -412,7 +430,8 @@ def _run_cpu(means: list[torch.Tensor], geometry: list[ConvGeometry]) -> torch.T
 
 def upscale_chain_cpu(means: Sequence[torch.Tensor], geometry: Sequence[ConvGeometry]) -> torch.Tensor:
     """The chain as a ``numba.njit(parallel=True, cache=True)`` CPU twin: frames in parallel,
-    each layer a separable gather (rows, then columns) fused with the product.
+    each layer separably: the deeper map's columns upscaled tap by tap, then its rows gathered
+    (vectorised) and fused with the product.
 
     Needs float32 CPU maps and a chain :func:`supported` accepts.
 

@@ -152,10 +152,13 @@ def test_smooth_changes_the_pictures_not_the_saved_maps(out_dir, capsys):
     assert overlay("-o", str(plain), *common, "--save-maps", str(out_dir / "plain.npz")) == 0, capsys.readouterr().err
     assert overlay("-o", str(smooth), *common, "--save-maps", str(out_dir / "smooth.npz"), "--smooth", "ema",
                    "--smooth-alpha", "0.3") == 0, capsys.readouterr().err
+    # the pipeline sizes its micro-batches by measured time (1 or 2 frames here), and a conv's
+    # float rounding depends on its batch: the two runs' maps agree to rounding, not bit for bit
     a, b = decode_all(plain), decode_all(smooth)
-    np.testing.assert_array_equal(a[0], b[0])
-    assert all(not np.array_equal(a[i], b[i]) for i in range(1, 4))
-    np.testing.assert_array_equal(np.load(out_dir / "plain.npz")["maps"], np.load(out_dir / "smooth.npz")["maps"])
+    assert np.abs(a[0].astype(np.int16) - b[0]).max() <= 1
+    assert all(np.abs(a[i].astype(np.int16) - b[i]).max() > 8 for i in range(1, 4))
+    np.testing.assert_allclose(np.load(out_dir / "plain.npz")["maps"], np.load(out_dir / "smooth.npz")["maps"],
+                               rtol=1e-4, atol=1e-6)
     # a bad setting: one line, nothing written
     assert overlay("-o", str(out_dir / "bad.mkv"), *common, "--smooth", "ema", "--smooth-alpha", "0") == 2
     assert "ema_alpha" in one_error_line(capsys.readouterr().err)

@@ -31,9 +31,11 @@ class Boom(nn.Module):
 
 def net(train: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
-    m = nn.Sequential(  # conv blocks -> global average pooling -> linear: every method applies (CAM too)
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(), Boom(),
+    # conv blocks -> global average pooling -> linear: every method applies (CAM too). Boom sits
+    # between the conv blocks: VisualBackProp stops the forward pass after the last block
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), Boom(),
+        nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     )
     m[0].weight.requires_grad_(False)  # a partly frozen model: requires_grad must stay mixed
@@ -77,8 +79,8 @@ def test_model_unchanged_after_success(method, train):
 @pytest.mark.parametrize("after", [1, 3], ids=["first-pass", "third-pass"])
 def test_model_unchanged_when_the_model_raises(method, after):
     model = net(train=True)
-    model[5].armed = True
-    model[5].after = after
+    model[3].armed = True
+    model[3].after = after
     before = snapshot(model)
     kwargs = {"chunk_size": 4} if method == "occlusion" else {}  # several chunks: Boom fires inside the loop
     try:

@@ -9,6 +9,7 @@ from torch import nn
 
 import fastviz as fv
 from fastviz.errors import InputError
+from fastviz.methods import vbp
 from fastviz.methods.vbp import ones_deconv
 
 from references import ones_transposed_conv_loop, visual_backprop_sequential
@@ -139,3 +140,104 @@ def test_pooling_gap_uses_the_torch_chain_under_auto():
     torch.testing.assert_close(fv.visual_backprop(net, x), fv.visual_backprop(net, x, backend="torch"))
     with pytest.raises(InputError, match="pool|size"):
         fv.visual_backprop(net, x, backend="cpu")
+
+
+class _Gated(nn.Module):
+    """Conv blocks whose second block gains a BatchNorm-free extra ReLU only for bright frames:
+    the module path differs between chunks (the later chunks cannot follow the first one's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1, self.r1 = nn.Conv2d(3, 4, 3, 2), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(4, 5, 3), nn.Tanh()
+        self.r3 = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(5 * 5 * 5, 1))  # for 15 x 15 inputs
+
+    def forward(self, x):
+        y = self.r2(self.c2(self.r1(self.c1(x))))
+        if x.mean() > 0.5:
+            y = self.r3(y)  # continues the second block: its activated output is now r3's
+        return self.head(y)
+
+
+def _per_frame(model, x):
+    return torch.cat([fv.visual_backprop(model, x[i:i + 1]) for i in range(x.shape[0])])
+
+
+@pytest.fixture
+def tracked_chunks(monkeypatch):
+    """How many chunks ran with the full tracking (the others followed the recorded events)."""
+    calls = []
+    real = vbp._Blocks._track
+
+    def track(self, model, x):
+        calls.append(x.shape[0])
+        return real(self, model, x)
+
+    monkeypatch.setattr(vbp._Blocks, "_track", track)
+    return calls
+
+
+def test_later_chunks_follow_the_first_chunks_path_and_skip_the_head(tracked_chunks):
+    torch.manual_seed(0)
+    net = fv.models.PilotNet().eval()
+    x = torch.rand(6, 3, 66, 200)
+    fv.visual_backprop(net, x, chunk_size=2)  # the planner measures a frame's memory once, a full pass
+    head_runs = []
+    net.regressor.register_forward_hook(lambda *a: head_runs.append(1))
+    tracked_chunks.clear()
+    chunked = fv.visual_backprop(net, x, chunk_size=2)
+    assert tracked_chunks == [2]  # the first chunk tracked, the two others followed its events
+    assert head_runs == []  # the regression head never ran: nothing after the last conv block does
+    torch.testing.assert_close(chunked, fv.visual_backprop(net, x, chunk_size=6), rtol=1e-5, atol=1e-6)
+    f = net.features
+    layers = [(f[i], f[i + 1]) for i in range(0, 10, 2)]
+    for i in range(6):
+        np.testing.assert_allclose(chunked[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1] * 2 - 1),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_path_that_changes_between_chunks_falls_back_to_full_tracking(tracked_chunks):
+    net = _Gated().eval()
+    torch.manual_seed(1)
+    dark, bright = torch.rand(2, 3, 15, 15) * 0.5, 0.5 + torch.rand(2, 3, 15, 15) * 0.5
+    for x in (torch.cat([dark, bright]), torch.cat([bright, dark])):
+        tracked_chunks.clear()
+        got = fv.visual_backprop(net, x, chunk_size=2)
+        # dark then bright: the extra ReLU's input is the recorded path's last output, but the
+        # head's is not; bright then dark: the head starts where the extra ReLU was recorded
+        assert tracked_chunks == [2, 2]
+        torch.testing.assert_close(got, _per_frame(net, x), rtol=1e-5, atol=1e-6)
+    # and the reference: bright frames take the extra ReLU's output (the same as tanh's where
+    # tanh >= 0, so compare against the paper's steps with the ReLU in the block)
+    want = visual_backprop_sequential([(net.c1, net.r1), (net.c2, nn.Sequential(net.r2, net.r3))], bright[:1])
+    np.testing.assert_allclose(fv.visual_backprop(net, bright, chunk_size=1)[0].numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+class _SharedRelu(nn.Module):
+    """One ReLU module after every conv (as torchvision's ResNets reuse ``self.relu``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.convs = nn.ModuleList([nn.Conv2d(3, 4, 3, 2), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 3)])
+        self.relu = nn.ReLU()
+
+        self.head = nn.Flatten()
+
+    def forward(self, x):
+        for c in self.convs:
+            x = self.relu(c(x))
+        return self.head(x).sum(dim=1)
+
+
+def test_a_shared_activation_module_is_followed_block_by_block(tracked_chunks):
+    net = _SharedRelu().eval()
+    x = torch.rand(5, 3, 23, 23)
+    got = fv.visual_backprop(net, x, chunk_size=2)
+    assert tracked_chunks == [2]  # of three chunks (2, 2, 1 frames): the first only
+    torch.testing.assert_close(got, _per_frame(net, x), rtol=1e-5, atol=1e-6)
+    layers = [(c, net.relu) for c in net.convs]
+    for i in range(5):
+        np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1]), rtol=1e-4, atol=1e-5)

@@ -31,6 +31,11 @@ def continues_chain(module: nn.Module, inp: torch.Tensor | None, current: torch.
 BlockCallback = Callable[[nn.Conv2d, torch.Tensor, nn.Module, torch.Tensor], None]
 
 
+class AllBlocksDone(Exception):
+    """Raised from a forward hook by :class:`ConvBlocks` (with ``stop=True``) once every conv's
+    block has ended: the rest of the forward pass cannot change what the blocks hold."""
+
+
 class ConvBlocks:
     """Forward hooks that follow each conv to its activated output, during one forward pass.
 
@@ -38,6 +43,14 @@ class ConvBlocks:
     called once its block ends (when a module runs that does not continue it, or at
     :meth:`finish`): ``module`` is the last activation module of the block, else the conv, and
     ``activated`` its output. Attach with :meth:`attach` inside a :class:`~fastviz.hooks.HandleList`.
+    During the callback, :attr:`path` lists the block's modules in the order they ran (the conv,
+    then each module that continued it) and :attr:`ended_by` is ``(module, same_input)``: the
+    module whose start ended the block and whether its input was the block's latest output
+    (``None`` when the block ended with the forward pass, at :meth:`finish`).
+
+    With ``stop=True``, once every conv in ``convs`` has run and its block has ended, the next
+    module that is not one of them raises :class:`AllBlocksDone` before it runs: the caller catches
+    it and skips the rest of the forward pass (e.g. a regression head).
 
     Raises
     ------
@@ -45,9 +58,12 @@ class ConvBlocks:
         (from the forward pass) if a conv runs twice or does not return ``(B, C, h, w)``.
     """
 
-    def __init__(self, convs: Iterable[nn.Conv2d], on_block: BlockCallback) -> None:
+    def __init__(self, convs: Iterable[nn.Conv2d], on_block: BlockCallback, stop: bool = False) -> None:
         self.convs = {id(c) for c in convs}
         self.on_block = on_block
+        self.stop = stop
+        self.path: list[nn.Module] = []
+        self.ended_by: tuple[nn.Module, bool] | None = None
         self.seen: set[int] = set()
         self._conv: nn.Conv2d | None = None
         self._input: torch.Tensor | None = None
@@ -66,10 +82,16 @@ class ConvBlocks:
         if self._conv is not None:
             self.on_block(self._conv, self._input, self._module, self._value)
         self._conv = self._input = self._module = self._current = self._value = None
+        self.path = []
+        self.ended_by = None
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
-        if self._current is not None and not continues_chain(module, args[0] if args else None, self._current):
+        inp = args[0] if args else None
+        if self._current is not None and not continues_chain(module, inp, self._current):
+            self.ended_by = (module, inp is self._current)
             self.finish()
+            if self.stop and len(self.seen) == len(self.convs) and id(module) not in self.convs:
+                raise AllBlocksDone
 
     def _post(self, module: nn.Module, args: tuple, output) -> None:
         if id(module) in self.convs:
@@ -81,8 +103,10 @@ class ConvBlocks:
             self.seen.add(id(module))
             self._conv, self._input, self._module = module, args[0], module
             self._current = self._value = output
+            self.path = [module]
         elif self._current is not None and continues_chain(module, args[0] if args else None, self._current):
             self._current = output
+            self.path.append(module)
             if isinstance(module, ACTIVATIONS):
                 self._module, self._value = module, output
 

@@ -19,7 +19,7 @@ from .. import kernels, scheduler
 from ..errors import InputError
 from ..hooks import HandleList, as_layers, check_input, model_guard
 from ._concurrency import parallel_kernels
-from ._layers import ConvBlocks
+from ._layers import AllBlocksDone, ConvBlocks
 from .perturbation import resolve_backend
 from .registry import register
 
@@ -135,10 +135,12 @@ def visual_backprop(
     with model_guard(model):
         p = scheduler.plan(model, x[:1], rows=b, memory_budget=memory_budget, chunk=chunk_size, cache_sized=True)
 
+        blocks = _Blocks(convs)
+
         def step(r0: int, r1: int) -> None:
-            geom, part = _chunk_means(model, x[r0:r1], convs)
+            part = blocks.means(model, x[r0:r1])
             if not means:
-                geometry.extend(geom)
+                geometry.extend(blocks.geometry)
                 means.extend(m.new_empty((b, *m.shape[1:])) for m in part)
             for whole, m in zip(means, part):
                 whole[r0:r1] = m
@@ -153,25 +155,111 @@ def visual_backprop(
     return _upscale(means, geometry, tuple(x.shape[-2:]), backend)
 
 
-def _chunk_means(model: nn.Module, x: torch.Tensor, convs: list[nn.Conv2d]) -> tuple[list, list[torch.Tensor]]:
-    """One forward pass of a chunk: each conv layer's geometry and its activated output's channel
-    mean ``(b, 1, h, w)``, float32, in the order the layers ran."""
-    order: list[nn.Conv2d] = []
-    in_sizes: list[tuple[int, int]] = []
-    means: list[torch.Tensor] = []  # only the channel means are kept, not the activations
+def _channel_mean(activated: torch.Tensor) -> torch.Tensor:
+    """``(b, 1, h, w)`` float32: the mean over channels (a sum, then one division of the small
+    result: faster than ``mean`` over dim 1 on the CPU)."""
+    return activated.float().sum(dim=1, keepdim=True).div_(activated.shape[1])
 
-    def keep_mean(conv: nn.Conv2d, conv_input: torch.Tensor, _module: nn.Module, activated: torch.Tensor) -> None:
-        order.append(conv)
-        in_sizes.append(tuple(conv_input.shape[-2:]))
-        means.append(activated.float().mean(dim=1, keepdim=True))
 
-    with HandleList() as handles, torch.no_grad():
-        tracker = ConvBlocks(convs, keep_mean).attach(model, handles)
-        model(x)
-        tracker.finish()
-    if not order:
-        raise InputError("none of the conv layers ran in the forward pass")
-    return [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)], means
+class _Blocks:
+    """The conv blocks' channel means, one chunk at a time.
+
+    The first chunk runs with :class:`~fastviz.methods._layers.ConvBlocks` on every leaf module
+    (it finds each conv's activated output) and records the events that delimited each block: the
+    outputs of its modules (the conv, then each module that continued it) and the start of the
+    module that ended it, whose input was the block's latest output. Later chunks hook only those
+    modules and check every event in order, each module's input being the previous event's
+    output (so a module that ran in between, e.g. an activation only some inputs take, is seen);
+    any difference re-runs that chunk with the full tracking, so the means never change, only the
+    cost. A model where a block's end cannot be checked that way (the block ends with the forward
+    pass, or the next module takes another tensor) is tracked in full on every chunk. Both stop
+    the forward pass where the last block ends: the layers after it (a regression head) do not run.
+    """
+
+    def __init__(self, convs: list[nn.Conv2d]) -> None:
+        self.convs = convs
+        self.geometry: list[ConvGeometry] = []
+        #: ("post", module, block, mean here) and ("pre", module, -1, False) in order; None: track
+        self.events: list[tuple[str, nn.Module, int, bool]] | None = None
+
+    def means(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run ``x`` (a chunk) through ``model``: each block's channel mean ``(b, 1, h, w)``,
+        float32, in the order the blocks ran."""
+        if self.events is not None:
+            got = self._follow(model, x)
+            if got is not None:
+                return got
+        return self._track(model, x)
+
+    def _track(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        order: list[nn.Conv2d] = []
+        in_sizes: list[tuple[int, int]] = []
+        events: list[tuple[str, nn.Module, int, bool]] | None = []
+        means: list[torch.Tensor] = []  # only the channel means are kept, not the activations
+
+        def keep_mean(conv: nn.Conv2d, conv_input: torch.Tensor, module: nn.Module, activated: torch.Tensor) -> None:
+            nonlocal events
+            block = len(order)
+            order.append(conv)
+            in_sizes.append(tuple(conv_input.shape[-2:]))
+            means.append(_channel_mean(activated))
+            if events is not None:
+                path = tracker.path
+                last = max(i for i, m in enumerate(path) if m is module)  # the activated output's module
+                events.extend(("post", m, block, i == last) for i, m in enumerate(path))
+                if tracker.ended_by is None or not tracker.ended_by[1]:
+                    events = None  # this block's end cannot be checked on later chunks
+                else:
+                    events.append(("pre", tracker.ended_by[0], -1, False))
+
+        with HandleList() as handles, torch.no_grad():
+            tracker = ConvBlocks(self.convs, keep_mean, stop=True).attach(model, handles)
+            try:
+                model(x)
+            except AllBlocksDone:
+                pass
+            tracker.finish()
+        if not order:
+            raise InputError("none of the conv layers ran in the forward pass")
+        self.geometry = [ConvGeometry.of(conv, size) for conv, size in zip(order, in_sizes)]
+        self.events = events
+        return means
+
+    def _follow(self, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """The means by the recorded events, or None where the forward pass left them."""
+        events = self.events
+        means: list[torch.Tensor | None] = [None] * len(self.geometry)
+        at: list = [0, None, True]  # next event, the previous event's output, still on the recorded path
+
+        def check(kind: str, module: nn.Module, args: tuple) -> int:
+            k = at[0]
+            if (k >= len(events) or events[k][0] != kind or events[k][1] is not module
+                    or (at[1] is not None and (not args or args[0] is not at[1]))):
+                at[2] = False
+                raise AllBlocksDone
+            return k
+
+        def post(module: nn.Module, args: tuple, output) -> None:
+            k = check("post", module, args)
+            _, _, block, keep = events[k]
+            if keep:
+                means[block] = _channel_mean(output)
+            at[0], at[1] = k + 1, output
+
+        def pre(module: nn.Module, args: tuple) -> None:
+            k = check("pre", module, args)
+            at[0], at[1] = k + 1, None  # the next block's conv may take any input (pooling between)
+            if k + 1 == len(events):
+                raise AllBlocksDone  # the last block has ended: skip the rest of the forward pass
+
+        with HandleList() as handles, torch.no_grad():
+            for kind, m in dict.fromkeys((kind, m) for kind, m, _, _ in events):  # each hook once
+                handles.append(m.register_forward_hook(post) if kind == "post" else m.register_forward_pre_hook(pre))
+            try:
+                model(x)
+            except AllBlocksDone:
+                pass
+        return means if at[2] and at[0] == len(events) else None  # type: ignore[return-value]
 
 
 def _upscale(means: list[torch.Tensor], geometry: list, size: tuple[int, int], backend: str) -> torch.Tensor:
@@ -187,6 +275,7 @@ def _upscale(means: list[torch.Tensor], geometry: list, size: tuple[int, int], b
             m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
         lo = m.amin(dim=(1, 2), keepdim=True)
         span = m.amax(dim=(1, 2), keepdim=True) - lo
-        # in place (m is the chain's own output): (m - lo) / span, 0 for a constant map
-        m = m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny)).masked_fill_(span == 0, 0.0)
+        # in place (m is the chain's own output): (m - lo) / span; a constant map is exactly 0
+        # after the subtraction, so dividing by the clamped span keeps it 0
+        m = m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny))
     return m.float()
