@@ -35,6 +35,17 @@ never covered): a colour bar whose ticks give the values the colours stand for, 
 angle on a horizontal dial (:func:`steering_gauge`). In ``side-by-side`` the colour bar sits
 under the heatmap panel and the gauge under the frame panel.
 
+Speed
+-----
+:func:`render` runs once per frame of a video (``fastviz overlay`` draws in a thread beside
+the model), so what stays the same from frame to frame is kept, in bounded caches: the colour
+maps as lookup tables, each colour bar strip under its labels (a fixed range draws it once),
+the gauge's track, every text drawn once on black (pasted where the strip is still black
+under it), and the nearest-neighbour enlargement's row and column maps (read off OpenCV).
+Enlarging, colouring and blending the frame is one Numba-compiled pass that releases the
+GIL. The pictures are byte for byte those of the plain NumPy / OpenCV steps the functions
+below describe.
+
 >>> import numpy as np
 >>> frame = np.zeros((96, 96, 3), np.uint8)
 >>> saliency = np.random.rand(66, 200).astype(np.float32)
@@ -51,7 +62,9 @@ import math
 from collections.abc import Sequence
 
 import cv2
+import numba
 import numpy as np
+from numba import types
 
 from .errors import InputError, UnknownNameError
 
@@ -308,10 +321,69 @@ def _scaled(batch: np.ndarray, lo: np.ndarray, hi: np.ndarray, signed: bool) -> 
     return np.clip(u, -1.0 if signed else 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def _percentile_pair(m: np.ndarray, p_lo: float, p_hi: float) -> tuple[np.float32, np.float32]:
+    """``np.percentile(m, p)`` of a float32 array for ``p = p_lo, p_hi``, from one partition of one copy.
+
+    NumPy's default ("linear") method, step by step as ``np.percentile`` takes it for a float
+    ``q``: the virtual index ``i = (n - 1) * p / 100``, its neighbours ``floor(i)`` and
+    ``floor(i) + 1`` (both the last element from ``n - 1`` on), ``g = i - floor(i)``, and the
+    float32 interpolation ``a + (b - a) * g``, or ``b - (b - a) * (1 - g)`` for ``g >= 0.5``
+    (``tests/test_render.py`` checks it against ``np.percentile``). Only the sign of a zero
+    result may differ (which of equal 0.0 and -0.0 lands at an index depends on the partition),
+    and no picture depends on it.
+    """
+    work = m.ravel().copy()
+    n = work.size
+    picks = []
+    for p in (p_lo, p_hi):
+        virtual = (n - 1) * (p / 100.0)
+        if virtual >= n - 1:  # both neighbours the last element, which NumPy indexes as -1 (also in g)
+            picks.append((n - 1, n - 1, virtual + 1))
+        else:
+            below = math.floor(virtual)
+            picks.append((below, below + 1, virtual - below))
+    work.partition(sorted({k for below, above, _ in picks for k in (below, above)}))
+    out = []
+    for below, above, g in picks:
+        a, b = work[below], work[above]
+        diff = b - a
+        out.append(b - diff * (1.0 - g) if g >= 0.5 else a + diff * g)
+    return out[0], out[1]
+
+
+def _map_range(m: np.ndarray, signed: bool, clip, vrange) -> tuple[np.float32, np.float32]:
+    """:func:`_ranges` of one 2-D float32 map, as float32 scalars (the same values, without the
+    batch axes; the two percentiles from one partition, :func:`_percentile_pair`)."""
+    if vrange is not None:
+        lo, hi = np.float32(vrange[0]), np.float32(vrange[1])
+    elif clip is not None:
+        lo, hi = _percentile_pair(m, *_percentiles(clip))
+        flat = (max(abs(lo), abs(hi)) == 0) if signed else (hi <= lo)
+        if flat:  # see _ranges
+            lo, hi = m.min(), m.max()
+    else:
+        lo, hi = m.min(), m.max()
+    if signed:
+        a = max(abs(lo), abs(hi))
+        return -a, a
+    return lo, hi
+
+
 def _unit_map(m: np.ndarray, signed: bool, clip, vrange) -> tuple[np.ndarray, tuple[float, float]]:
-    """One 2-D map -> (``u`` as in :func:`_scaled`, the value range ``(lo, hi)`` its colours span)."""
-    lo, hi = _ranges(m[None], signed, clip, vrange)
-    return _scaled(m[None], lo, hi, signed)[0], (float(lo.flat[0]), float(hi.flat[0]))
+    """One 2-D map -> (``u`` as in :func:`_scaled`, the value range ``(lo, hi)`` its colours span).
+
+    The same float32 arithmetic as :func:`_scaled` of a batch of one, in place on one new array.
+    """
+    lo, hi = _map_range(m, signed, clip, vrange)
+    span = hi if signed else hi - lo
+    if span == 0:
+        u = np.zeros(m.shape, np.float32)
+    else:
+        u = np.divide(m, span) if signed else np.subtract(m, lo)
+        if not signed:
+            u /= span
+        np.clip(u, -1.0 if signed else 0.0, 1.0, out=u)
+    return u, (float(lo), float(hi))
 
 
 def value_range(saliency, *, signed: bool | None = None, clip: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -554,20 +626,197 @@ def _scale(scale) -> int:
     return int(scale)
 
 
-def _blend(frame: np.ndarray, u: np.ndarray, signed: bool, region: Region, alpha: float, colormap, opacity: str) -> np.ndarray:
-    """The overlay of a scaled map ``u`` (see :func:`_scaled`) on a validated frame and region."""
-    y0, y1, x0, x1 = region
-    placed = resize_to_frame(u, frame.shape, region)[y0:y1, x0:x1]
-    heat = heatmap(0.5 + 0.5 * placed if signed else placed, colormap)
-    part = np.ascontiguousarray(frame[y0:y1, x0:x1])
-    out = frame.copy()
-    if opacity == "constant":
-        out[y0:y1, x0:x1] = cv2.addWeighted(part, 1.0 - alpha, heat, alpha, 0.0)
+# --------------------------------------------------------------------------- compiled loops
+
+#: 2**23 as float32: for ``0 <= x < 2**23``, ``(x + 2**23) - 2**23`` is ``x`` rounded half to even
+#: (``np.rint``), in two float32 operations that vectorise.
+_ROUND = np.float32(8388608.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mix(q, colour, a):  # pragma: no cover - compiled by Numba
+    """``clip(rint(q + a * (colour - q)), 0, 255)`` as uint8, in float32 (``q``, ``colour``: levels 0..255)."""
+    q = np.float32(q)
+    r = q + a * (np.float32(colour) - q)
+    r = r if r > np.float32(0.0) else np.float32(0.0)
+    r = r if r < np.float32(255.0) else np.float32(255.0)
+    return np.uint8((r + _ROUND) - _ROUND)
+
+
+def _overlay_rows(frame, rows, cols, placed, signed, colours, alpha, blend, dst, heat, y0, x0):  # pragma: no cover - compiled by Numba
+    """Enlarge a frame, colour a placed map and blend it over a region, row by row, in
+    :func:`_blend`'s float32 arithmetic.
+
+    Row ``y`` of the picture is row ``rows[y]`` of ``frame`` with columns ``cols`` (the
+    nearest-neighbour maps of :func:`upscale`, see :func:`_nearest_maps`); each frame row is
+    enlarged once, for the run of picture rows it fills. ``placed[y, x]`` (``u`` resized to the
+    region) belongs to picture pixel ``(y0 + y, x0 + x)``; its level is ``k = rint(255 *
+    clip(p, 0, 1))`` with ``p = 0.5 + 0.5 * placed`` (signed) or ``placed``, its colour
+    ``colours[k]`` (RGB packed in a uint32 LUT: ``r | g << 8 | b << 16``). The picture goes to
+    the first rows of ``dst``, with the ``"value"`` blend ``clip(rint(picture + alpha *
+    |placed| * (colour - picture)), 0, 255)`` in the region when ``blend``; unless empty,
+    ``heat[y, x]`` gets the colour. Levels, look-ups and blends are three loops per row: the
+    first and the last vectorise.
+    """
+    h, w = placed.shape
+    half, zero, one, top = np.float32(0.5), np.float32(0.0), np.float32(1.0), np.float32(255.0)
+    byte = np.uint32(255)
+    line = np.empty(3 * cols.size, np.uint8)  # the enlarged frame row
+    level = np.empty(w, np.int32)
+    packed = np.empty(w, np.uint32)
+    last = -1
+    for y in range(rows.size):
+        if rows[y] != last:
+            last = rows[y]
+            src = frame[last].ravel()
+            if cols.size == frame.shape[1]:  # not enlarged: the identity map
+                line[:] = src
+            else:
+                for x in range(cols.size):
+                    k = 3 * cols[x]
+                    line[3 * x] = src[k]
+                    line[3 * x + 1] = src[k + 1]
+                    line[3 * x + 2] = src[k + 2]
+        d = dst[y].ravel()
+        if y < y0 or y >= y0 + h:
+            d[:] = line
+            continue
+        row = placed[y - y0]
+        for x in range(w):
+            p = half + half * row[x] if signed else row[x]
+            p = p if p > zero else zero
+            p = p if p < one else one
+            level[x] = np.int32((p * top + _ROUND) - _ROUND)
+        for x in range(w):
+            packed[x] = colours[level[x]]
+        if heat.shape[0] > 0:
+            out = heat[y - y0].ravel()
+            for x in range(w):
+                c = packed[x]
+                out[3 * x] = np.uint8(c & byte)
+                out[3 * x + 1] = np.uint8((c >> np.uint32(8)) & byte)
+                out[3 * x + 2] = np.uint8((c >> np.uint32(16)) & byte)
+        if not blend:
+            d[:] = line
+            continue
+        d[: 3 * x0] = line[: 3 * x0]
+        d[3 * (x0 + w) :] = line[3 * (x0 + w) :]
+        s, d = line[3 * x0 : 3 * (x0 + w)], d[3 * x0 : 3 * (x0 + w)]
+        for x in range(w):
+            a = alpha * abs(row[x])
+            c = packed[x]
+            d[3 * x] = _mix(s[3 * x], c & byte, a)
+            d[3 * x + 1] = _mix(s[3 * x + 1], (c >> np.uint32(8)) & byte, a)
+            d[3 * x + 2] = _mix(s[3 * x + 2], (c >> np.uint32(16)) & byte, a)
+
+
+def _lerp_rows(a, b, weights, dst):  # pragma: no cover - compiled by Numba
+    """``dst[y, x] = clip(rint(a + w * (b - a)), 0, 255)`` per channel, ``w = weights[y, x]``, in
+    float32 as :func:`_focus` (``a``, ``b``, ``dst`` C-contiguous uint8 RGB; ``dst`` may have more rows)."""
+    h, w = weights.shape
+    for y in range(h):
+        row, ar, br, d = weights[y], a[y].ravel(), b[y].ravel(), dst[y].ravel()
+        for x in range(w):
+            for c in range(3):
+                d[3 * x + c] = _mix(ar[3 * x + c], br[3 * x + c], row[x])
+
+
+@functools.cache
+def _kernels():
+    """``(overlay_rows, lerp_rows)`` compiled with Numba (``nogil``: drawing threads run beside
+    torch), or loaded from its cache, on first use; one signature each (C-contiguous arrays)."""
+    f2 = types.Array(types.float32, 2, "C", readonly=True)
+    lut32, index = types.Array(types.uint32, 1, "C", readonly=True), types.Array(types.intp, 1, "C", readonly=True)
+    u3_in, u3 = types.Array(types.uint8, 3, "C", readonly=True), types.Array(types.uint8, 3, "C")
+    overlay_rows = numba.njit(
+        types.void(u3_in, index, index, f2, types.boolean, lut32, types.float32, types.boolean, u3, u3, types.intp, types.intp),
+        cache=True, nogil=True,
+    )(_overlay_rows)
+    lerp_rows = numba.njit(types.void(u3_in, u3_in, f2, u3), cache=True, nogil=True)(_lerp_rows)
+    return overlay_rows, lerp_rows
+
+
+_NO_IMAGE = np.empty((0, 0, 3), np.uint8)  # "don't write this output" for the compiled loops
+
+
+@functools.lru_cache(maxsize=32)
+def _tables_cached(key: int | bytes) -> tuple[np.ndarray, np.ndarray]:  # see _tables
+    colours = np.frombuffer(key, np.uint8).reshape(256, 3).copy() if isinstance(key, bytes) else lut(key)
+    table = colours.astype(np.uint32) << np.array([0, 8, 16], np.uint32)
+    table = np.bitwise_or.reduce(table, axis=1)
+    colours.setflags(write=False)
+    table.setflags(write=False)
+    return colours, table
+
+
+def _tables(colormap: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A validated colour map (:func:`_colormap`) -> its RGB LUT as (256, 3) uint8 and as (256,)
+    uint32 ``r | g << 8 | b << 16`` (cached, read-only; :func:`lut`'s colours, which
+    :func:`heatmap` gives level by level)."""
+    return _tables_cached(colormap.tobytes() if isinstance(colormap, np.ndarray) else int(colormap))
+
+
+def _placed(u: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``u`` resized to ``height x width`` as :func:`resize_to_frame` puts it into a region (C-contiguous)."""
+    u = np.ascontiguousarray(u)
+    if u.shape == (height, width):
+        return u
+    return cv2.resize(u, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+@functools.lru_cache(maxsize=16)
+def _nearest_maps(height: int, width: int, scale: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frame row of each picture row and the frame column of each picture column of
+    :func:`upscale` (read-only ``intp`` arrays), or ``None`` if it is not such a map.
+
+    Read off OpenCV itself, once per frame size: two probe frames of this size, whose pixels
+    spell their own row and column in their three bytes, enlarged by ``cv2.resize`` as
+    :func:`upscale` does (its choice of source pixel is ``floor(y / scale)`` only up to
+    rounding: 49 * (1 / 49) < 1).
+    """
+    if scale == 1:
+        rows, cols = np.arange(height, dtype=np.intp), np.arange(width, dtype=np.intp)
     else:
-        weight = (alpha * np.abs(placed))[..., None]
-        mixed = part.astype(np.float32) + weight * (heat.astype(np.float32) - part)
-        out[y0:y1, x0:x1] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    return out
+        spelled = []
+        for n, axis in ((height, 0), (width, 1)):
+            index = np.arange(n, dtype=np.uint32)
+            probe = np.stack([(index >> shift) & 255 for shift in (0, 8, 16)], axis=-1).astype(np.uint8)
+            probe = np.ascontiguousarray(np.broadcast_to(np.expand_dims(probe, 1 - axis), (height, width, 3)))
+            big = upscale(probe, scale).astype(np.intp)
+            spelled.append(big[..., 0] | big[..., 1] << 8 | big[..., 2] << 16)
+        rows, cols = spelled[0][:, 0].copy(), spelled[1][0].copy()
+        if not ((spelled[0] == rows[:, None]).all() and (spelled[1] == cols[None, :]).all()):
+            return None
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
+
+
+def _blend(frame: np.ndarray, u: np.ndarray, signed: bool, region: Region, alpha: float, colormap, opacity: str,
+           out: np.ndarray | None = None, heat: bool = False, scale: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """The overlay of a scaled map ``u`` (see :func:`_scaled`) on a validated frame, enlarged by
+    ``scale`` (as :func:`upscale`), and a region of the enlarged frame.
+
+    Written into the first rows of ``out`` (C-contiguous uint8, not ``frame``'s memory; default a
+    new array). Returns ``(out, colours)``, ``colours`` the heatmap of the region (what
+    :func:`heatmap` gives for the placed map) when ``heat``, else ``None``. One compiled pass
+    (:func:`_overlay_rows`) enlarges, colours and blends; ``"constant"`` opacity blends with
+    ``cv2.addWeighted``.
+    """
+    y0, y1, x0, x1 = region
+    frame = np.ascontiguousarray(frame)
+    maps = _nearest_maps(frame.shape[0], frame.shape[1], scale)
+    if maps is None:  # not a row and column map (never seen): enlarge with OpenCV first
+        frame, maps = upscale(frame, scale), _nearest_maps(frame.shape[0] * scale, frame.shape[1] * scale, 1)
+    if out is None:
+        out = np.empty((maps[0].size, maps[1].size, 3), np.uint8)
+    placed = _placed(u, y1 - y0, x1 - x0)
+    constant = opacity == "constant"
+    colours = np.empty((y1 - y0, x1 - x0, 3), np.uint8) if heat or constant else _NO_IMAGE
+    _kernels()[0](frame, *maps, placed, bool(signed), _tables(colormap)[1], np.float32(alpha), not constant, out, colours, y0, x0)
+    if constant:
+        out[y0:y1, x0:x1] = cv2.addWeighted(np.ascontiguousarray(out[y0:y1, x0:x1]), 1.0 - alpha, colours, alpha, 0.0)
+    return out, colours if heat else None
 
 
 def overlay(
@@ -641,14 +890,16 @@ def overlay(
     code = _auto_colormap(colormap, signed)
     mode = _opacity(opacity, signed)
     u, _ = _unit_map(m, signed, clip, vrange)
-    return _blend(frame, u, signed, region, alpha, code, mode)
+    return _blend(frame, u, signed, region, alpha, code, mode)[0]
 
 
 def _focus_weights(u: np.ndarray, signed: bool) -> np.ndarray:
     return np.abs(u) if signed else u
 
 
-def _focus(frame: np.ndarray, weights: np.ndarray, region, blur_sigma, smooth_sigma) -> np.ndarray:
+def _focus(frame: np.ndarray, weights: np.ndarray, region, blur_sigma, smooth_sigma, out: np.ndarray | None = None) -> np.ndarray:
+    """The focus display of validated inputs, written into the first rows of ``out`` (C-contiguous
+    uint8, not ``frame``'s memory; default a new array), which it returns."""
     height, width = frame.shape[:2]
     if blur_sigma is None:
         blur_sigma = max(1.0, min(height, width) / 32.0)
@@ -659,10 +910,12 @@ def _focus(frame: np.ndarray, weights: np.ndarray, region, blur_sigma, smooth_si
     weights = resize_to_frame(weights, frame.shape, region)
     if smooth_sigma > 0:
         weights = cv2.GaussianBlur(weights, (0, 0), float(smooth_sigma))
-    blurred = cv2.GaussianBlur(frame, (0, 0), float(blur_sigma)).astype(np.float32)
-    sharp = frame.astype(np.float32)
-    out = blurred + weights[..., None] * (sharp - blurred)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    frame = np.ascontiguousarray(frame)
+    blurred = cv2.GaussianBlur(frame, (0, 0), float(blur_sigma))
+    if out is None:
+        out = np.empty_like(frame)
+    _kernels()[1](blurred, frame, np.ascontiguousarray(weights, np.float32), out)
+    return out
 
 
 def focus(
@@ -738,6 +991,82 @@ def _put_text(img: np.ndarray, text: str, org: tuple[int, int], font_scale: floa
     cv2.putText(img, text, (x, y), _FONT, font_scale, tuple(int(c) for c in colour), thickness, cv2.LINE_AA)
 
 
+def _put_text_on_black(img: np.ndarray, text: str, org: tuple[int, int], font_scale: float, thickness: int,
+                       colour=_LABEL_COLOUR) -> None:
+    """:func:`_put_text`, pasted from a :func:`_text_sprite` where ``img`` is still black under the text.
+
+    For the legend and gauge strips (black, a text's surroundings mostly still empty): a slice
+    test and a copy instead of nine ``cv2.putText`` calls. OpenCV draws a text as line segments
+    at fixed-point positions that an integer ``org`` shifts exactly, so away from the canvas
+    edges (where segments are clipped) a text draws the same pixels wherever it is put: one
+    sprite per text serves every position; near an edge the sprite is drawn on a canvas of
+    ``img``'s size at ``org``. Where something is already drawn under the text, it is drawn
+    as :func:`_put_text` does.
+    """
+    x, y = int(org[0]), int(org[1])
+    key = (text, float(font_scale), int(thickness), tuple(int(c) for c in colour))
+    sprite = _text_sprite(*key)
+    if sprite is None or not _inside(sprite[0], (x, y), img.shape, _SPRITE_EDGE):
+        sprite = _text_sprite(*key, img.shape[:2], (x, y))
+    (y0, y1, x0, x1), pixels, touched = sprite
+    area = img[y + y0 : y + y1, x + x0 : x + x1]
+    if not area.any():
+        area[...] = pixels
+    elif not area[touched].any():  # something drawn in the box, but not where the text goes
+        np.copyto(area, pixels, where=touched[..., None])
+    else:
+        _put_text(img, text, (x, y), font_scale, thickness, colour)
+
+
+def _inside(box: Region, org: tuple[int, int], shape: Sequence[int], edge: int) -> bool:
+    """Whether ``box`` (offsets from ``org``) lies at least ``edge`` pixels inside a ``shape`` canvas."""
+    y0, y1, x0, x1 = box
+    return edge <= org[1] + y0 and org[1] + y1 + edge <= shape[0] and edge <= org[0] + x0 and org[0] + x1 + edge <= shape[1]
+
+
+#: Pixels a text's position-free sprite keeps from a canvas's edges, where OpenCV clips lines
+#: (at the edge; 2 px in for anti-aliased lines in some versions).
+_SPRITE_EDGE = 3
+
+#: How many texts :func:`_text_sprite` keeps (a few hundred bytes each).
+_SPRITE_CACHE = 512
+
+
+@functools.lru_cache(maxsize=_SPRITE_CACHE)
+def _text_sprite(text: str, font_scale: float, thickness: int, colour: tuple[int, int, int],
+                 shape: tuple[int, int] | None = None, org: tuple[int, int] | None = None) -> tuple[Region, np.ndarray, np.ndarray] | None:
+    """What :func:`_put_text` draws on black: ``(box, pixels, touched)``, ``box`` relative to ``org`` (read-only).
+
+    ``touched`` (bool, the box's shape) marks every pixel the text's passes can change on any
+    canvas: those they change on a black canvas or on a white one (a pass moves a pixel towards
+    its colour, by the most from one of the two extremes, so any pixel it touches at all
+    changes on one of them); ``box`` ``(y0, y1, x0, x1)``, offsets from ``org``, bounds them.
+    Where they are black, drawing the text gives ``pixels`` there and changes nothing else.
+    Drawn on a ``shape`` canvas at ``org``, or by default with room all round (away from the
+    edges, the same pixels at any position; ``None`` if the text came near that canvas's edge).
+    """
+    free = shape is None
+    if free:
+        (w, h), base = cv2.getTextSize(text, _FONT, font_scale, thickness)
+        pad = max(8, h) + 2 * thickness + _SPRITE_EDGE
+        shape, org = (pad + h + base + pad, pad + w + pad), (pad, pad + h)
+    black = np.zeros((*shape, 3), np.uint8)
+    white = np.full((*shape, 3), 255, np.uint8)
+    cv2.putText(black, text, org, _FONT, font_scale, colour, thickness, cv2.LINE_AA)  # (its black outline: no-op on black)
+    _put_text(white, text, org, font_scale, thickness, colour)
+    changed = black | ~white
+    changed = (changed[..., 0] | changed[..., 1] | changed[..., 2]) != 0
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    y0, y1, x0, x1 = (0, 0, 0, 0) if rows.size == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    box = (y0 - org[1], y1 - org[1], x0 - org[0], x1 - org[0])
+    if free and rows.size and not _inside(box, org, shape, _SPRITE_EDGE):
+        return None
+    pixels, touched = black[y0:y1, x0:x1].copy(), changed[y0:y1, x0:x1].copy()
+    pixels.setflags(write=False)
+    touched.setflags(write=False)
+    return box, pixels, touched
+
+
 class _Metrics:
     """Sizes of the legend strip's parts for a strip ``width`` pixels wide (the picture's width).
 
@@ -758,7 +1087,7 @@ class _Metrics:
         self.line = 1 if self.text_h < 16 else 2
 
     def text_size(self, text: str) -> int:
-        return cv2.getTextSize(text, _FONT, self.font, self.thick)[0][0]
+        return _text_width(text, self.font, self.thick)
 
     @staticmethod
     def even(height: int) -> int:  # even heights keep the picture's parity (H.264 yuv420p needs even sizes)
@@ -771,6 +1100,17 @@ class _Metrics:
     def gauge_height(self) -> int:
         text = self.text_h + self.base + 1
         return self.even(self.pad + 2 * self.tri_h + self.line + self.pad + text + self.pad)
+
+
+@functools.lru_cache(maxsize=16)
+def _metrics(width: int) -> _Metrics:
+    """:class:`_Metrics` of a width (cached: the same for every frame of a video)."""
+    return _Metrics(width)
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_width(text: str, font: float, thick: int) -> int:
+    return cv2.getTextSize(text, _FONT, font, thick)[0][0]
 
 
 def _fmt(value: float, signed: bool) -> str:
@@ -798,16 +1138,12 @@ def _units(units) -> str:
 def _colorbar(width: int, lo: float, hi: float, signed: bool, colours: np.ndarray, units: str) -> np.ndarray:
     """The colour bar strip; ``colours`` (256, 3) RGB, low -> high; validated inputs.
 
-    Cached (read-only results): with a fixed range every frame of a video has the same strip.
+    Cached (read-only results): where the bar, its ticks and the texts go is worked out here,
+    and the strip is drawn only for a layout not among the last :data:`_COLORBAR_CACHE` drawn
+    (:func:`_colorbar_drawn`), so frames whose labels read the same (a fixed range, or ranges
+    that round to the same 3 digits) share one strip.
     """
-    return _colorbar_cached(width, float(lo), float(hi), bool(signed), np.ascontiguousarray(colours, np.uint8).tobytes(), units)
-
-
-@functools.lru_cache(maxsize=32)
-def _colorbar_cached(width: int, lo: float, hi: float, signed: bool, colour_bytes: bytes, units: str) -> np.ndarray:
-    colours = np.frombuffer(colour_bytes, np.uint8).reshape(256, 3)
-    mt = _Metrics(width)
-    out = np.zeros((mt.colorbar_height(), width, 3), np.uint8)
+    mt = _metrics(width)
     units_w = mt.text_size(units) if units else 0
     x0 = mt.margin
     x1 = width - mt.margin - (units_w + mt.margin if units else 0)  # end-exclusive
@@ -816,12 +1152,7 @@ def _colorbar_cached(width: int, lo: float, hi: float, signed: bool, colour_byte
     if x1 - x0 < 2:
         x0, x1 = 0, width
     n = x1 - x0
-    y0 = mt.pad
-    y1 = y0 + mt.bar_h
-    levels = np.rint(np.arange(n) * (255.0 / max(n - 1, 1))).astype(np.intp)
-    out[y0:y1, x0:x1] = colours[levels][None]
-    if units:
-        _put_text(out, units, (x1 + mt.margin, y0 + (mt.bar_h + mt.text_h) // 2), mt.font, mt.thick)
+    lo, hi = float(lo), float(hi)
 
     def x_of(value: float) -> int:
         return x0 + int(round((value - lo) / (hi - lo) * (n - 1))) if hi > lo else x0
@@ -831,10 +1162,6 @@ def _colorbar_cached(width: int, lo: float, hi: float, signed: bool, colour_byte
     else:
         mid = lo + (hi - lo) / 2
         marks, labelled = (lo, mid, hi), (lo, mid, hi)
-    for value in marks:
-        x = x_of(value)
-        cv2.line(out, (x, y1), (x, y1 + mt.tick_h - 1), _LABEL_COLOUR, 1)
-    base_y = y1 + mt.tick_h + mt.pad // 2 + mt.text_h
     boxes = []
     for value in labelled:
         text = _fmt(value, signed)
@@ -844,8 +1171,35 @@ def _colorbar_cached(width: int, lo: float, hi: float, signed: bool, colour_byte
     # a middle label that would touch an end label is left out (narrow pictures)
     if len(boxes) == 3 and (boxes[1][0] < boxes[0][1] + 4 or boxes[1][1] + 4 > boxes[2][0]):
         boxes.pop(1)
-    for left, _right, text in boxes:
-        _put_text(out, text, (left, base_y), mt.font, mt.thick)
+    colour_bytes = np.ascontiguousarray(colours, np.uint8).tobytes()
+    ticks = tuple(x_of(value) for value in marks)
+    return _colorbar_drawn(width, colour_bytes, units, x0, x1, ticks, tuple((left, text) for left, _, text in boxes))
+
+
+#: How many colour bar strips :func:`_colorbar_drawn` keeps (a few KB each).
+_COLORBAR_CACHE = 64
+
+
+@functools.lru_cache(maxsize=_COLORBAR_CACHE)
+def _colorbar_drawn(width: int, colour_bytes: bytes, units: str, x0: int, x1: int, ticks: tuple[int, ...],
+                    labels: tuple[tuple[int, str], ...]) -> np.ndarray:
+    """Draw the colour bar strip laid out by :func:`_colorbar`: the bar over columns ``[x0, x1)``,
+    ``units`` after it, tick marks at columns ``ticks``, ``labels`` as ``(left, text)``. Read-only."""
+    colours = np.frombuffer(colour_bytes, np.uint8).reshape(256, 3)
+    mt = _metrics(width)
+    out = np.zeros((mt.colorbar_height(), width, 3), np.uint8)
+    n = x1 - x0
+    y0 = mt.pad
+    y1 = y0 + mt.bar_h
+    levels = np.rint(np.arange(n) * (255.0 / max(n - 1, 1))).astype(np.intp)
+    out[y0:y1, x0:x1] = colours[levels][None]
+    if units:
+        _put_text_on_black(out, units, (x1 + mt.margin, y0 + (mt.bar_h + mt.text_h) // 2), mt.font, mt.thick)
+    for x in ticks:
+        cv2.line(out, (x, y1), (x, y1 + mt.tick_h - 1), _LABEL_COLOUR, 1)
+    base_y = y1 + mt.tick_h + mt.pad // 2 + mt.text_h
+    for left, text in labels:
+        _put_text_on_black(out, text, (left, base_y), mt.font, mt.thick)
     out.setflags(write=False)
     return out
 
@@ -920,6 +1274,10 @@ def _grey_lut() -> np.ndarray:
     return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 
 
+_GREY = _grey_lut()
+_GREY.setflags(write=False)
+
+
 def _steering(value, what: str, allow_unknown: bool) -> float | None:
     if value is None and allow_unknown:
         return None
@@ -944,30 +1302,49 @@ def _gauge_limit(limit) -> float:
     return limit
 
 
-def _gauge(width: int, predicted: float, recorded: float | None, limit: float, labels: bool) -> np.ndarray:
-    mt = _Metrics(width)
-    out = np.zeros((mt.gauge_height(), width, 3), np.uint8)
+def _gauge_layout(width: int) -> tuple[int, int, int, int]:
+    """``(half_base, x0, x1, track)`` of a gauge strip: needle half width, the track's end columns
+    (inclusive), the track's first row."""
+    mt = _metrics(width)
     half_base = max(2, round(0.6 * mt.tri_h))
     x0, x1 = mt.margin + half_base, width - 1 - mt.margin - half_base
     if x1 - x0 < 4:
         x0, x1 = 0, width - 1
+    return half_base, x0, x1, mt.pad + mt.tri_h
+
+
+def _gauge_x(width: int, angle: float, limit: float) -> int:
+    """The column of ``angle`` on a gauge strip's track (clipped to its ends)."""
+    _, x0, x1, _ = _gauge_layout(width)
     centre, half = (x0 + x1) / 2.0, (x1 - x0) / 2.0
-    track = mt.pad + mt.tri_h  # first row of the track line
+    return int(round(centre + float(np.clip(angle / limit, -1.0, 1.0)) * half))
 
-    def x_of(angle: float) -> int:
-        return int(round(centre + float(np.clip(angle / limit, -1.0, 1.0)) * half))
 
+@functools.lru_cache(maxsize=16)
+def _gauge_track(width: int, limit: float) -> np.ndarray:
+    """A gauge strip with its track and marks only (cached, read-only: the same for every frame)."""
+    mt = _metrics(width)
+    _, x0, x1, track = _gauge_layout(width)
+    out = np.zeros((mt.gauge_height(), width, 3), np.uint8)
     cv2.rectangle(out, (x0, track), (x1, track + mt.line - 1), _TRACK_COLOUR, -1)
     for frac in (-1.0, -0.5, 0.0, 0.5, 1.0):
-        x = x_of(frac * limit)
+        x = _gauge_x(width, frac * limit, limit)
         reach = mt.tri_h if frac == 0 else mt.tri_h // 2  # the zero mark is longer
         cv2.line(out, (x, track - reach), (x, track + mt.line - 1 + reach), _TRACK_COLOUR, 1)
+    out.setflags(write=False)
+    return out
+
+
+def _gauge(width: int, predicted: float, recorded: float | None, limit: float, labels: bool) -> np.ndarray:
+    mt = _metrics(width)
+    half_base, _, _, track = _gauge_layout(width)
+    out = _gauge_track(width, limit).copy()
     # predicted: a triangle above the track pointing down at it; recorded: below, pointing up
-    xp = x_of(predicted)
+    xp = _gauge_x(width, predicted, limit)
     tri = np.array([[xp - half_base, track - mt.tri_h], [xp + half_base, track - mt.tri_h], [xp, track - 1]], np.int32)
     cv2.fillConvexPoly(out, tri, PREDICTED_COLOUR, cv2.LINE_8)
     if recorded is not None:
-        xr = x_of(recorded)
+        xr = _gauge_x(width, recorded, limit)
         below = track + mt.line
         tri = np.array([[xr - half_base, below + mt.tri_h], [xr + half_base, below + mt.tri_h], [xr, below]], np.int32)
         cv2.fillConvexPoly(out, tri, RECORDED_COLOUR, cv2.LINE_8)
@@ -989,10 +1366,10 @@ def _gauge(width: int, predicted: float, recorded: float | None, limit: float, l
         lw, rw = mt.text_size(left_text), mt.text_size(right_text)
         start = max(0, (width - sum(widths)) // 2)
         if start >= lw + mt.margin + 4 and start + sum(widths) + 4 <= width - rw - mt.margin:
-            _put_text(out, left_text, (mt.margin, base_y), mt.font, mt.thick, _TRACK_COLOUR)
-            _put_text(out, right_text, (width - mt.margin - rw, base_y), mt.font, mt.thick, _TRACK_COLOUR)
+            _put_text_on_black(out, left_text, (mt.margin, base_y), mt.font, mt.thick, _TRACK_COLOUR)
+            _put_text_on_black(out, right_text, (width - mt.margin - rw, base_y), mt.font, mt.thick, _TRACK_COLOUR)
         for (text, colour), w in zip(parts, widths):
-            _put_text(out, text, (start, base_y), mt.font, mt.thick, colour)
+            _put_text_on_black(out, text, (start, base_y), mt.font, mt.thick, colour)
             start += w
     return out
 
@@ -1098,14 +1475,20 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
         else:
             p = p.copy()
         resized.append(p)
-    if labels is not None:
-        font_scale = max(0.35, height / 400.0)
-        thickness = max(1, int(round(font_scale * 1.5)))
-        for p, text in zip(resized, labels):
-            if text:
-                (_, text_h), _ = cv2.getTextSize(str(text), _FONT, font_scale, thickness)
-                _put_text(p, str(text), (3, 3 + text_h), font_scale, thickness)
+    _label_panels(resized, labels, height)
     return np.ascontiguousarray(np.concatenate(resized, axis=1))
+
+
+def _label_panels(panels: Sequence[np.ndarray], labels: Sequence[str | None] | None, height: int) -> None:
+    """Draw :func:`side_by_side`'s labels in place on its panels (arrays or views, ``height`` rows)."""
+    if labels is None:
+        return
+    font_scale = max(0.35, height / 400.0)
+    thickness = max(1, int(round(font_scale * 1.5)))
+    for p, text in zip(panels, labels):
+        if text:
+            (_, text_h), _ = cv2.getTextSize(str(text), _FONT, font_scale, thickness)
+            _put_text(p, str(text), (3, 3 + text_h), font_scale, thickness)
 
 
 def render(
@@ -1223,46 +1606,52 @@ def render(
     limit = _gauge_limit(gauge_limit)
     u, (lo, hi) = _unit_map(m, signed, clip, vrange)
 
-    big = upscale(frame, scale)
+    height, width = frame.shape[0] * scale, frame.shape[1] * scale
     big_region = (y0 * scale, y1 * scale, x0 * scale, x1 * scale)
-    width = big.shape[1]
-    if layout == "overlay":
-        picture = _blend(big, u, signed, big_region, alpha, code, mode)
-    elif layout == "focus":
-        picture = _focus(big, _focus_weights(u, signed), big_region, blur_sigma, smooth_sigma)
-    else:
-        blended = _blend(big, u, signed, big_region, alpha, code, mode)
-        heat = np.zeros_like(big)
-        sy0, sy1, sx0, sx1 = big_region
-        placed = resize_to_frame(u, big.shape, big_region)[sy0:sy1, sx0:sx1]
-        heat[sy0:sy1, sx0:sx1] = heatmap(0.5 + 0.5 * placed if signed else placed, code)
-        if labels is True:
-            names: Sequence[str | None] | None = ("frame", "overlay", "saliency")
-        elif labels is False or labels is None:
-            names = None
-        else:
-            names = labels
-        picture = side_by_side([big, blended, heat], names)
-    if not legend and steering is None:
-        return picture
-
-    rows = []
+    rows = []  # the strip's parts, drawn (or taken from the colour bar cache) before the picture
     if legend:
         if layout == "focus":
             wl, wh = (0.0, hi) if signed else (lo, hi)
-            rows.append(_colorbar(width, wl, wh, False, _grey_lut(), units))
+            rows.append(_colorbar(width, wl, wh, False, _tables(_GREY)[0], units))
         else:
-            rows.append(_colorbar(width, lo, hi, signed, lut(code), units))
+            rows.append(_colorbar(width, lo, hi, signed, _tables(code)[0], units))
     if steering is not None:
         rows.append(_gauge(width, steering[0], steering[1], limit, True))
     if layout != "side-by-side":
-        return np.ascontiguousarray(np.concatenate([picture, *rows], axis=0))
-    strip = np.zeros((max(r.shape[0] for r in rows), picture.shape[1], 3), np.uint8)
+        # one new array, the picture on top and the strip's parts stacked below it
+        out = np.empty((height + sum(r.shape[0] for r in rows), width, 3), np.uint8)
+        if layout == "overlay":
+            _blend(frame, u, signed, big_region, alpha, code, mode, out=out, scale=scale)
+        else:
+            _focus(upscale(frame, scale), _focus_weights(u, signed), big_region, blur_sigma, smooth_sigma, out=out)
+        top = height
+        for r in rows:
+            out[top : top + r.shape[0]] = r
+            top += r.shape[0]
+        return out
+
+    # side by side: [frame | overlay | heatmap], the colour bar under the heatmap, the gauge under the frame
+    if labels is True:
+        names: Sequence[str | None] | None = ("frame", "overlay", "saliency")
+    elif labels is False or labels is None:
+        names = None
+    else:
+        names = labels
+    if names is not None and len(names) != 3:
+        raise InputError(f"got {len(names)} labels for 3 panels")
+    blended, colours = _blend(frame, u, signed, big_region, alpha, code, mode, heat=True, scale=scale)
+    out = np.zeros((height + max((r.shape[0] for r in rows), default=0), 3 * width, 3), np.uint8)
+    panels = [out[:height, i * width : (i + 1) * width] for i in range(3)]
+    panels[0][:] = upscale(frame, scale)
+    panels[1][:] = blended
+    sy0, sy1, sx0, sx1 = big_region
+    panels[2][sy0:sy1, sx0:sx1] = colours
+    _label_panels(panels, names, height)
     if legend:
-        strip[: rows[0].shape[0], 2 * width : 3 * width] = rows[0]  # under the heatmap panel
+        out[height : height + rows[0].shape[0], 2 * width :] = rows[0]
     if steering is not None:
-        strip[: rows[-1].shape[0], :width] = rows[-1]  # under the frame panel
-    return np.ascontiguousarray(np.concatenate([picture, strip], axis=0))
+        out[height : height + rows[-1].shape[0], :width] = rows[-1]
+    return out
 
 
 # --------------------------------------------------------------------------- grids and crops

@@ -341,3 +341,139 @@ def test_a_clipped_range_that_is_flat_falls_back_to_the_full_range():
     ramp = np.arange(400, dtype=np.float32).reshape(20, 20)
     np.testing.assert_allclose(render.normalize(ramp, clip=(0.0, 50.0)).max(), 1.0)
     assert render.normalize(ramp, clip=(0.0, 50.0))[0, 5] == pytest.approx(5 / np.percentile(ramp, 50))
+
+
+# --------------------------------------------------------------------------- per-frame speed: caches and the compiled pass
+
+
+def _blend_reference(part: np.ndarray, placed: np.ndarray, colours: np.ndarray, alpha: float, signed: bool) -> np.ndarray:
+    """The "value" overlay of a placed map, step by step in float32 (levels, LUT, blend)."""
+    level = np.rint(np.clip(0.5 + 0.5 * placed if signed else placed, 0.0, 1.0) * 255.0).astype(np.uint8)
+    heat = colours[level].astype(np.float32)
+    weight = np.float32(alpha) * np.abs(placed)[..., None]
+    mixed = part.astype(np.float32) + weight * (heat - part.astype(np.float32))
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def test_render_of_a_tiny_frame_by_hand():
+    frame = np.array([[[10, 200, 30], [0, 0, 0], [255, 255, 255], [90, 60, 30]]] * 4, np.uint8)  # 4 x 4
+    m = np.array([[0.0, 0.2, 0.5, 1.0], [1.0, 0.0, 0.4, 0.6], [0.9, 0.1, 0.3, 0.7], [0.25, 0.75, 0.05, 0.95]], np.float32)
+    colours = render.lut("jet")
+    kw = dict(alpha=0.8, colormap="jet", opacity="value", vrange=(0.0, 1.0))
+    first = render.render(frame, m, **kw)
+    again = render.render(frame, m, **kw)  # after a cached call
+    # pixel (0, 2): frame (255, 255, 255), u = 0.5 -> level rint(127.5) = 128, weight 0.8 * 0.5 = 0.4
+    c = colours[128].astype(np.float32)
+    expected = np.rint(255.0 + np.float32(0.4) * (c - 255.0)).astype(np.uint8)
+    np.testing.assert_array_equal(first[0, 2], expected)
+    np.testing.assert_array_equal(first[0, 0], frame[0, 0])  # u = 0: weight 0, the frame's own pixel
+    np.testing.assert_array_equal(first, _blend_reference(frame, m, colours, 0.8, False))
+    np.testing.assert_array_equal(again, first)
+    # constant opacity: cv2.addWeighted of the frame and the LUT colours
+    constant = render.render(frame, m, **dict(kw, opacity="constant"))
+    level = np.rint(m * 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(constant, cv2.addWeighted(frame, 1 - 0.8, np.ascontiguousarray(colours[level]), 0.8, 0.0))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("alpha", [0.8, 0.33, 1.0])
+def test_overlay_is_the_float32_blend_formula(signed, alpha):
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    m = rng.random((12, 17)).astype(np.float32) - (0.5 if signed else 0.0)
+    region = (3, 27, 5, 38)
+    out = render.overlay(frame, m, alpha=alpha, region=region, signed=signed, opacity="value", colormap="turbo")
+    u = m / np.abs(m).max() if signed else (m - m.min()) / (m.max() - m.min())  # float32, [-1, 1] or [0, 1]
+    placed = render.resize_to_frame(u, frame.shape, region)[3:27, 5:38]
+    expected = frame.copy()
+    expected[3:27, 5:38] = _blend_reference(frame[3:27, 5:38], placed, render.lut("turbo"), alpha, signed)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out[:3], frame[:3])
+    np.testing.assert_array_equal(out[:, :5], frame[:, :5])
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 49])
+def test_render_enlarges_as_opencv_nearest_neighbour(scale):
+    # OpenCV's nearest neighbour takes source pixel floor(y * (1 / scale)): row 49 of a x49
+    # enlargement is still source row 0 (49 * (1 / 49) < 1); render must enlarge the same way
+    frame = np.random.default_rng(8).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    out = render.render(frame, np.ones((2, 2), np.float32), alpha=0.0, scale=scale)
+    np.testing.assert_array_equal(out, cv2.resize(frame, (5 * scale, 4 * scale), interpolation=cv2.INTER_NEAREST))
+
+
+def test_percentile_pair_is_numpy_percentile():
+    rng = np.random.default_rng(9)
+    for size in (1, 2, 3, 10, 13200):
+        for data in (rng.random(size), np.round(rng.random(size) * 3), (rng.random(size) - 0.5) * 1e4):
+            a = data.astype(np.float32)
+            for lo, hi in ((0.0, 99.0), (1.0, 99.0), (0.0, 100.0), (12.5, 50.0), (33.3, 66.7)):
+                got = render._percentile_pair(a.reshape(1, -1), lo, hi)
+                want = (np.percentile(a, lo), np.percentile(a, hi))
+                assert all(type(g) is np.float32 for g in got)
+                assert got[0].tobytes() == np.float32(want[0]).tobytes() and got[1].tobytes() == np.float32(want[1]).tobytes()
+
+
+def test_colorbar_cache_keyed_by_labels():
+    colours = render.lut("inferno")
+    render._colorbar_drawn.cache_clear()
+    a = render._colorbar(384, 0.0, 0.712, False, colours, "relative")  # labels "0", "0.356", "0.712"
+    b = render._colorbar(384, 0.0, 0.7124, False, colours, "relative")  # the same labels
+    c = render._colorbar(384, 0.0, 0.72, False, colours, "relative")  # "0", "0.36", "0.72"
+    assert b is a and c is not a
+    assert not np.array_equal(a, c)
+    assert render._colorbar_drawn.cache_info().hits == 1 and render._colorbar_drawn.cache_info().misses == 2
+    assert not a.flags.writeable  # shared: read-only
+    strip = render.colorbar(384, (0.0, 0.712), colormap="inferno", units="relative")
+    assert strip.flags.writeable and np.array_equal(strip, a)  # the public function returns a copy
+    strip[:] = 0
+    assert a.any() and render._colorbar(384, 0.0, 0.712, False, colours, "relative") is a
+    # the cached strip is the one drawn afresh
+    render._colorbar_drawn.cache_clear()
+    np.testing.assert_array_equal(render._colorbar(384, 0.0, 0.712, False, colours, "relative"), a)
+
+
+def test_caches_are_bounded():
+    colours = render.lut("inferno")
+    render._colorbar_drawn.cache_clear()
+    for i in range(render._COLORBAR_CACHE + 40):
+        render._colorbar(200, 0.0, 1.0 + i, False, colours, "")
+    info = render._colorbar_drawn.cache_info()
+    assert info.maxsize == render._COLORBAR_CACHE and info.currsize == render._COLORBAR_CACHE
+    for i in range(render._SPRITE_CACHE + 10):
+        render._text_sprite(f"{i}", 0.5, 1, (255, 255, 255))
+    info = render._text_sprite.cache_info()
+    assert info.maxsize == render._SPRITE_CACHE and info.currsize == render._SPRITE_CACHE
+    for cache in (render._tables_cached, render._nearest_maps, render._metrics, render._gauge_track):
+        assert cache.cache_info().maxsize is not None
+
+
+@pytest.mark.parametrize("org", [(20, 30), (0, 12), (60, 39), (-3, 5)])
+def test_text_pasted_on_black_is_text_drawn(org):
+    for colour in ((255, 255, 255), render.PREDICTED_COLOUR):
+        for background in ("black", "bar", "busy"):
+            img = np.zeros((40, 80, 3), np.uint8)
+            if background == "bar":
+                img[2:9, 5:70] = 180  # drawn, but away from the text
+            elif background == "busy":
+                img[:, ::7] = 200  # under the text
+            expected = img.copy()
+            render._put_text(expected, "pred +12.3", org, 0.5, 1, colour)
+            render._put_text_on_black(img, "pred +12.3", org, 0.5, 1, colour)
+            np.testing.assert_array_equal(img, expected)
+
+
+def test_frames_in_sequence_do_not_share_state():
+    rng = np.random.default_rng(10)
+    a, b = (rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(2))
+    ma, mb = rng.random((66, 200)).astype(np.float32), rng.random((66, 200)).astype(np.float32) - 0.5
+    kw = dict(region=(0, 84, 0, 96), scale=4, alpha=0.8, opacity="value", clip=(0.0, 99.0), legend=True,
+              units="relative", gauge=(0.1, -0.05))
+    for layout in render.LAYOUTS:
+        first = render.render(a, ma, layout, **kw)
+        first_copy = first.copy()
+        first[:] = 0  # the caller owns the result
+        other = render.render(b, mb, layout, **kw)
+        again = render.render(a, ma, layout, **kw)
+        np.testing.assert_array_equal(again, first_copy)
+        assert not np.array_equal(other[: 96 * 4], first_copy[: 96 * 4])
+        assert again.flags.writeable and again.flags.c_contiguous
