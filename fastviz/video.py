@@ -789,6 +789,9 @@ class VideoSink:
         yuv420p when it takes that.
     keep_partial : bool
         On an exception, keep the frames written so far under ``path`` (see above).
+    threads : int, optional
+        Threads the encoder may use (FFmpeg's ``threads`` option), >= 1; default: the encoder's
+        own choice (libx264: 1.5 per core).
 
     Attributes
     ----------
@@ -830,12 +833,17 @@ class VideoSink:
         size: tuple[int, int],
         codec: str | None = None,
         keep_partial: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.path = Path(path)
         default = codec_for(self.path)
         self.container_format = _CONTAINERS[self.path.suffix.lower()]
         self.codec = default if codec is None else check_codec(codec)
         self.pix_fmt, self._codec_options = _pixel_format(self.codec)
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise InputError(f"encoder threads must be an int >= 1, got {threads!r}")
+            self._codec_options["threads"] = str(threads)
         fps = _check_fps(fps)
         assert fps is not None
         self.fps = fps

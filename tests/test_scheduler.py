@@ -152,13 +152,14 @@ class _Timed:
     beyond ``knee`` rows (a working set that leaves the cache), so throughput peaks at ``knee``."""
 
     def __init__(self, knee=64, fail_above=None):
-        self.knee, self.fail_above, self.calls = knee, fail_above, []
+        self.knee, self.fail_above, self.calls, self.spans = knee, fail_above, [], []
 
     def __call__(self, r0, r1):
         import time
 
         c = r1 - r0
         self.calls.append(c)
+        self.spans.append((r0, r1))
         if self.fail_above is not None and c > self.fail_above:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         time.sleep(0.004 + 2e-5 * c + (2e-4 * (c - self.knee) if c > self.knee else 0.0))
@@ -176,13 +177,17 @@ def _plan(chunk, rows=4096, budget=2**30, row_bytes=1000):
     return scheduler.Plan(rows=rows, chunk=chunk, passes=-(-rows // chunk), row_bytes=row_bytes, budget_bytes=budget)
 
 
-def test_tune_finds_the_fastest_chunk_and_caches_it_on_disk(tune_cache):
+def test_tune_finds_the_fastest_chunk_and_caches_it_on_disk(tune_cache, monkeypatch):
     import json
+
+    monkeypatch.setattr(scheduler, "TUNE_SECONDS", 10.0)  # the search, not its time limit
 
     step = _Timed(knee=64)
     tuned = scheduler.tune(_plan(8), step, "cpu", ("test", "knee64"))
     assert tuned.chunk == 64 and tuned.passes == 4096 // 64 and tuned.rows == 4096
     assert max(step.calls) == 128  # it looked one doubling past the best
+    # each size timed over TUNE_CHUNKS consecutive chunks of different rows, as the run has them
+    assert step.spans[1:1 + scheduler.TUNE_CHUNKS] == [(k * 8, (k + 1) * 8) for k in range(scheduler.TUNE_CHUNKS)]
     data = json.loads((tune_cache / "chunk-plans.json").read_text())
     (entry,) = data.values()
     assert entry["chunk"] == 64 and set(entry["rows_per_s"]) >= {"8", "16", "32", "64", "128"}

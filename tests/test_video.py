@@ -343,6 +343,32 @@ def test_sink_h264_mp4_is_browser_ready(tmp_path):
     assert error.max() < 4.0, error  # every frame (measured ~1.5 at libx264's default CRF)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sink_encoder_threads_reach_the_encoder(tmp_path, threads):
+    frames = smooth_frames(6)
+    out = tmp_path / "t.mp4"
+    with VideoSink(out, fps=30, size=(48, 64), threads=threads) as sink:
+        assert sink._stream.codec_context.thread_count == threads
+        for f in frames:
+            sink.write(f)
+    assert np.abs(decode_all(out).astype(int) - frames).mean() < 4.0
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_sink_rejects_bad_encoder_threads(tmp_path, threads):
+    with pytest.raises(InputError, match="encoder threads"):
+        VideoSink(tmp_path / "t.mp4", fps=30, size=(48, 64), threads=threads)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_leaves_two_cores_to_the_pipeline(monkeypatch):
+    from fastviz.overlay import encoder_threads
+
+    for cores, want in ((1, 1), (2, 1), (3, 1), (4, 2), (16, 14)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert encoder_threads() == want
+
+
 def test_sink_faststart_pass_moves_the_data_intact(tmp_path):
     """The faststart pass rewrites the whole file (it shifts the data to put the index first),
     reading it back through the descriptor. Against a plain PyAV writer (by path, no faststart,
