@@ -48,7 +48,18 @@ class LoopedSource:
 
     Wraps a :class:`fastviz.stream.LiveSource`; frame indices keep counting up across the
     repeats, so the pipeline's pacing and its statistics run on. ``close`` closes the wrapped
-    source.
+    source. A source that yields no frame at all ends the loop (no busy spinning).
+
+    Parameters
+    ----------
+    source : fastviz.stream.LiveSource
+        With ``frames()`` (a new iterator from the first frame on each call), ``close()``,
+        ``fps`` and ``live``.
+
+    Raises
+    ------
+    Whatever the wrapped source raises while decoding (e.g. :class:`fastviz.errors.InputError`
+    for a file that stops being readable); nothing of its own.
     """
 
     def __init__(self, source) -> None:
@@ -135,7 +146,10 @@ class _Shower:
 
 
 def stats_line(stats: dict) -> str:
-    """One line of the pipeline's statistics (:meth:`fastviz.stream.StreamStats.as_dict`)."""
+    """One line of the pipeline's statistics (:meth:`fastviz.stream.StreamStats.as_dict`): frames
+    in, shown and dropped, frames per second shown, end-to-end latency p50 / p95 / p99 in
+    milliseconds (``-`` before the first frame is shown). Missing keys read as 0; raises nothing.
+    """
     def ms(key):
         v = stats.get(f"latency_ms_{key}")
         return "-" if v is None else f"{v:.0f}"

@@ -420,3 +420,19 @@ def test_a_store_at_a_url_equals_one_at_a_path(tmp_path, reference, model):
         fv.audit((tmp_path / "other").as_uri(), model=model, **SMALL)
     with pytest.raises(InputFileNotFoundError):
         open_store((tmp_path / "missing.zarr").as_uri())
+
+
+def test_creating_a_store_never_replaces_its_temporary_folder(tmp_path, monkeypatch):
+    """The store is built in a temporary folder whose identity the commit checks; zarr's mode "w"
+    would clear it by removing the folder (LocalStore.delete_dir) and making a new one (a new inode, unless the file
+    system happens to reuse the number), and the commit would refuse it as replaced."""
+    import zarr.storage._local as zarr_local
+
+    def rmtree(path, *args, **kwargs):
+        raise AssertionError(f"zarr removed the store's folder {path}")
+
+    monkeypatch.setattr(zarr_local.shutil, "rmtree", rmtree)  # what zarr's mode "w" calls (delete_dir)
+    AuditStore.create(tmp_path / "t.zarr", spec={}, sources=[], frames=6, size=(2, 2), methods=["m"], steps=1,
+                      chunk=3, model={"name": "t"})
+    assert zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["progress/done"].shape == (2,)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.zarr"]  # no temporary left beside it

@@ -88,8 +88,9 @@ def test_live_serves_the_page_and_its_statistics():
     assert len(seen) >= 3 and seen[-1] > seen[0] >= 0 and seen[-1] > 0  # the page's statistics run on
     stats = result["stats"]
     assert 2.5 <= stats["seconds"] < 10
-    # the bundled log plays at its 50 fps: about that many frames in per second
-    assert 40 <= stats["frames_in"] / stats["seconds"] <= 55
+    # the bundled log plays at its 50 fps: never faster (paced), and not far slower (the lower
+    # bound leaves room for a busy CI machine, where start-up counts in the seconds)
+    assert 30 <= stats["frames_in"] / stats["seconds"] <= 55
     _no_threads_left()
 
 

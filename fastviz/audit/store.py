@@ -322,7 +322,10 @@ class AuditStore:
                 raise OutputError(f"cannot replace audit store {path}: {exc.strerror}", exc.errno) from None
         try:
             with atomic_folder(path, what="audit store") as out:
-                _build(open_group(out.path, "w"), spec=spec, sources=sources, frames=frames, size=size,
+                # "w-" (create), not "w": zarr's "w" clears a local store by removing its folder and
+                # making a new one, whose inode may differ, and the commit then rightly refuses the
+                # temporary as replaced by someone else (seen once under load in the full suite)
+                _build(open_group(out.path, "w-"), spec=spec, sources=sources, frames=frames, size=size,
                        methods=methods, steps=steps, chunk=chunk, model=model)
         except BaseException:
             if old is not None and not path.exists():
