@@ -1462,8 +1462,7 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
     if isinstance(panels, np.ndarray) or len(panels) == 0:
         raise InputError("side_by_side needs a non-empty sequence of (H, W, 3) panels")
     panels = [_frame(p, f"panel {i}") for i, p in enumerate(panels)]
-    if labels is not None and len(labels) != len(panels):
-        raise InputError(f"got {len(labels)} labels for {len(panels)} panels")
+    _check_labels(labels, len(panels))
     height = max(p.shape[0] for p in panels)
     resized = []
     for p in panels:
@@ -1477,6 +1476,11 @@ def side_by_side(panels: Sequence[np.ndarray], labels: Sequence[str | None] | No
         resized.append(p)
     _label_panels(resized, labels, height)
     return np.ascontiguousarray(np.concatenate(resized, axis=1))
+
+
+def _check_labels(labels: Sequence[str | None] | None, panels: int) -> None:
+    if labels is not None and len(labels) != panels:
+        raise InputError(f"got {len(labels)} labels for {panels} panels")
 
 
 def _label_panels(panels: Sequence[np.ndarray], labels: Sequence[str | None] | None, height: int) -> None:
@@ -1637,8 +1641,7 @@ def render(
         names = None
     else:
         names = labels
-    if names is not None and len(names) != 3:
-        raise InputError(f"got {len(names)} labels for 3 panels")
+    _check_labels(names, 3)
     blended, colours = _blend(frame, u, signed, big_region, alpha, code, mode, heat=True, scale=scale)
     out = np.zeros((height + max((r.shape[0] for r in rows), default=0), 3 * width, 3), np.uint8)
     panels = [out[:height, i * width : (i + 1) * width] for i in range(3)]

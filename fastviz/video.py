@@ -810,8 +810,8 @@ class VideoSink:
     Raises
     ------
     InputError
-        For an unknown extension or codec, a bad ``fps`` or ``size``, a frame of another dtype
-        or shape.
+        For an unknown extension or codec, a bad ``fps``, ``size`` or ``threads``, a frame of
+        another dtype or shape.
     OutputError
         (an ``InputError`` and an ``OSError``) For a missing output folder, a folder at
         ``path``, a codec the container cannot hold, and every failed write (disk full,

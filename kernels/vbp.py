@@ -58,7 +58,7 @@ DEFAULTS: dict[str, str] = {"cpu": "cpu", "cuda": "torch"}
 
 #: The CPU twin runs frames in parallel (numba.prange) only from this many output pixels per call
 #: (B x the sum of the convs' input sizes; PilotNet: ~17.7k per frame, ~60 us on one core with
-#: the first, gather-only kernel, 23 us with today's columns-first one), below
+#: the first, gather-only kernel, 23 us with the columns-first one of 2026-12-05), below
 #: it on the calling thread alone. A parallel region waits until every worker thread gets a core:
 #: with the cores busy (torch's OpenMP workers still spinning after its own ops, other processes)
 #: that cost 8-16 ms per call on the shared 2-core development machine, for a 0.06 ms PilotNet

@@ -431,7 +431,9 @@ def test_creating_a_store_never_replaces_its_temporary_folder(tmp_path, monkeypa
     def rmtree(path, *args, **kwargs):
         raise AssertionError(f"zarr removed the store's folder {path}")
 
-    monkeypatch.setattr(zarr_local.shutil, "rmtree", rmtree)  # what zarr's mode "w" calls (delete_dir)
+    # what zarr's mode "w" calls (LocalStore.delete_dir); zarr_local.shutil is the shutil module,
+    # so this patches shutil.rmtree everywhere for the test, which creating a new store never uses
+    monkeypatch.setattr(zarr_local.shutil, "rmtree", rmtree)
     AuditStore.create(tmp_path / "t.zarr", spec={}, sources=[], frames=6, size=(2, 2), methods=["m"], steps=1,
                       chunk=3, model={"name": "t"})
     assert zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["progress/done"].shape == (2,)

@@ -143,8 +143,8 @@ def test_pooling_gap_uses_the_torch_chain_under_auto():
 
 
 class _Gated(nn.Module):
-    """Conv blocks whose second block gains a BatchNorm-free extra ReLU only for bright frames:
-    the module path differs between chunks (the later chunks cannot follow the first one's)."""
+    """Conv blocks whose second block takes an extra ReLU only for bright inputs (mean > 0.5):
+    the module path differs between chunks of dark and bright frames."""
 
     def __init__(self) -> None:
         super().__init__()

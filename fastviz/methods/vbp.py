@@ -229,27 +229,30 @@ class _Blocks:
         """The means by the recorded events, or None where the forward pass left them."""
         events = self.events
         means: list[torch.Tensor | None] = [None] * len(self.geometry)
-        at: list = [0, None, True]  # next event, the previous event's output, still on the recorded path
+        k = 0  # the next event
+        previous = None  # the previous event's output (None after a block's end: any input)
+        on_path = True
 
-        def check(kind: str, module: nn.Module, args: tuple) -> int:
-            k = at[0]
+        def check(kind: str, module: nn.Module, args: tuple) -> None:
+            nonlocal on_path
             if (k >= len(events) or events[k][0] != kind or events[k][1] is not module
-                    or (at[1] is not None and (not args or args[0] is not at[1]))):
-                at[2] = False
+                    or (previous is not None and (not args or args[0] is not previous))):
+                on_path = False
                 raise AllBlocksDone
-            return k
 
         def post(module: nn.Module, args: tuple, output) -> None:
-            k = check("post", module, args)
+            nonlocal k, previous
+            check("post", module, args)
             _, _, block, keep = events[k]
             if keep:
                 means[block] = _channel_mean(output)
-            at[0], at[1] = k + 1, output
+            k, previous = k + 1, output
 
         def pre(module: nn.Module, args: tuple) -> None:
-            k = check("pre", module, args)
-            at[0], at[1] = k + 1, None  # the next block's conv may take any input (pooling between)
-            if k + 1 == len(events):
+            nonlocal k, previous
+            check("pre", module, args)
+            k, previous = k + 1, None  # the next block's conv may take any input (pooling between)
+            if k == len(events):
                 raise AllBlocksDone  # the last block has ended: skip the rest of the forward pass
 
         with HandleList() as handles, torch.no_grad():
@@ -259,7 +262,7 @@ class _Blocks:
                 model(x)
             except AllBlocksDone:
                 pass
-        return means if at[2] and at[0] == len(events) else None  # type: ignore[return-value]
+        return means if on_path and k == len(events) else None  # type: ignore[return-value]
 
 
 def _upscale(means: list[torch.Tensor], geometry: list, size: tuple[int, int], backend: str) -> torch.Tensor:
