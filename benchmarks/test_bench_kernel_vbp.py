@@ -4,7 +4,9 @@ convs 5x5/2 x3 and 3x3/1 x2, mean maps 31x98, 14x47, 5x22, 3x20, 1x18 (random po
 Compared on the same maps, per device and batch (1, 16, 256 frames; 1,024 too on CUDA):
 - ``torch``: the reference (fastviz.methods.vbp's loop: conv_transpose2d + product per layer);
 - ``cpu``: the Numba CPU twin (after its compile, which is measured apart below), with
-  ``cpu-1thread`` / ``cpu-prange`` its one-thread and frames-in-parallel paths forced;
+  ``cpu-1thread`` / ``cpu-prange`` its one-thread and frames-in-parallel paths forced, and
+  ``cpu+normalize`` with the per-frame min-max normalisation fused in (``normalize=True``; what
+  fastviz.methods.vbp otherwise does in torch after the chain);
 - ``cuda``: the one-launch numba.cuda kernel, when torch sees a GPU;
 - ``forward``: PilotNet's own forward pass at the same batch, for context ("the chain adds X%
   to the forward pass").
@@ -41,6 +43,7 @@ GEOMETRY = [vbp.ConvGeometry(k, s, 0, 1, size) for k, s, size in zip(KERNELS, ST
 CASES = [("cpu", impl, b) for impl in ("torch", "cpu") for b in (1, 16, 256)]
 # the CPU twin's two paths forced, whatever kernels.vbp._PARALLEL_PIXELS picks (it is tuned from these)
 CASES += [("cpu", impl, b) for impl in ("cpu-1thread", "cpu-prange") for b in (16, 256)]
+CASES += [("cpu", "cpu+normalize", b) for b in (16, 256)]
 if torch.cuda.is_available():
     CASES += [("cuda", impl, b) for impl in ("torch", "cuda") for b in (1, 16, 256, 1024)]
 FORWARD = [("cpu", b) for b in (1, 16, 256)]
@@ -69,15 +72,17 @@ def test_upscale_chain(benchmark, monkeypatch, device, impl, batch):
         monkeypatch.setattr(vbp, "_PARALLEL_PIXELS", 0 if impl == "cpu-prange" else 1 << 62)
     benchmark.group = f"vbp-chain-{device}-b{batch}"
     benchmark.extra_info.update(kernel="vbp", impl=impl, device=device, batch=batch)
-    want = vbp.upscale_chain(means, GEOMETRY, backend="torch")
+    normalize = impl.endswith("+normalize")
+    backend = impl.split("+")[0].split("-")[0]
+    want = vbp.upscale_chain(means, GEOMETRY, backend="torch", normalize=normalize)
 
     def run():
-        out = vbp.upscale_chain(means, GEOMETRY, backend=impl.split("-")[0])
+        out = vbp.upscale_chain(means, GEOMETRY, backend=backend, normalize=normalize)
         sync(device)
         return out
 
     out = benchmark.pedantic(run, rounds=rounds(batch), warmup_rounds=1)  # warm-up: compile / cache load
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6 if normalize else 0)
 
 
 @pytest.mark.parametrize("device,batch", FORWARD, ids=[f"{d}-b{b}" for d, b in FORWARD])

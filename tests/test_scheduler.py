@@ -151,8 +151,9 @@ class _Timed:
     """A chunk step whose time is known: a fixed cost per pass plus a cost per row, which grows
     beyond ``knee`` rows (a working set that leaves the cache), so throughput peaks at ``knee``."""
 
-    def __init__(self, knee=64, fail_above=None):
+    def __init__(self, knee=64, fail_above=None, stall_once=None):
         self.knee, self.fail_above, self.calls, self.spans = knee, fail_above, [], []
+        self.stall_once = stall_once  # a chunk size whose first pass stalls (preempted)
 
     def __call__(self, r0, r1):
         import time
@@ -162,7 +163,10 @@ class _Timed:
         self.spans.append((r0, r1))
         if self.fail_above is not None and c > self.fail_above:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        time.sleep(0.004 + 2e-5 * c + (2e-4 * (c - self.knee) if c > self.knee else 0.0))
+        stall = 0.0
+        if c == self.stall_once and self.calls.count(c) == 1:
+            stall = 0.1
+        time.sleep(0.004 + 2e-5 * c + (2e-4 * (c - self.knee) if c > self.knee else 0.0) + stall)
 
 
 @pytest.fixture
@@ -199,6 +203,13 @@ def test_tune_finds_the_fastest_chunk_and_caches_it_on_disk(tune_cache, monkeypa
     scheduler._tuned.clear()
     down = scheduler.tune(_plan(512), _Timed(knee=64), "cpu", ("test", "from-above"))
     assert down.chunk == 64
+
+
+def test_tune_is_not_misled_by_one_stalled_timing(tune_cache, monkeypatch):
+    monkeypatch.setattr(scheduler, "TUNE_SECONDS", 10.0)
+    step = _Timed(knee=64, stall_once=16)  # the first chunk of 16 rows stalls for 0.1 s
+    assert scheduler.tune(_plan(8), step, "cpu", ("test", "stall")).chunk == 64
+    assert step.calls.count(16) == 2 * scheduler.TUNE_CHUNKS  # timed twice over, the faster counts
 
 
 def test_tune_keeps_the_plan_when_off_fixed_small_or_out_of_memory(tune_cache, monkeypatch):

@@ -241,3 +241,51 @@ def test_a_shared_activation_module_is_followed_block_by_block(tracked_chunks):
     layers = [(c, net.relu) for c in net.convs]
     for i in range(5):
         np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1]), rtol=1e-4, atol=1e-5)
+
+
+class _ViewsActivations(nn.Module):
+    """Calls ``.view`` on an activation: rejects channels-last tensors (``view`` needs the
+    standard strides), as some hand-written models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.c1, self.r1 = nn.Conv2d(3, 4, 3, 2), nn.ReLU()
+        self.c2, self.r2 = nn.Conv2d(4, 2, 3), nn.ReLU()
+
+    def forward(self, x):
+        h = self.r1(self.c1(x))
+        h = h.view(h.shape[0], -1).view(h.shape)  # the first view fails on channels-last h
+        return self.r2(self.c2(h)).sum(dim=(1, 2, 3))
+
+
+def test_chunks_run_channels_last_on_the_cpu():
+    layers, seq = stack()
+    formats = []
+    seq[0].register_forward_pre_hook(lambda m, a: formats.append(
+        (a[0].is_contiguous(memory_format=torch.channels_last), a[0].shape[0])))
+    x = torch.rand(5, 3, 31, 37)  # the standard layout, as users pass it
+    fv.visual_backprop(seq, x, chunk_size=2)  # the planner measures a frame's memory once, a full pass
+    formats.clear()
+    got = fv.visual_backprop(seq, x, chunk_size=2)
+    assert formats == [(True, 2), (True, 2), (True, 1)]
+    assert x.is_contiguous()  # the caller's tensor is left as it was
+    for i in range(5):
+        np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_rejects_channels_last_runs_in_the_given_layout():
+    net = _ViewsActivations().eval()
+    with pytest.raises(RuntimeError):  # the premise: channels-last input breaks its forward
+        net(torch.rand(1, 3, 15, 15).contiguous(memory_format=torch.channels_last))
+    formats = []
+    net.c1.register_forward_pre_hook(lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.rand(5, 3, 15, 15)
+    got = fv.visual_backprop(net, x, chunk_size=2)
+    assert formats == [False, True, False, False, False]  # the planner's row; the first chunk tried once
+    formats.clear()
+    torch.testing.assert_close(fv.visual_backprop(net, x, chunk_size=2), got)
+    assert formats == [False, False, False]  # remembered: no second try
+    layers = [(net.c1, net.r1), (net.c2, net.r2)]
+    for i in range(5):
+        np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1]), rtol=1e-4, atol=1e-5)

@@ -81,15 +81,18 @@ def chain_loop(means, geometry) -> np.ndarray:
     return np.stack(frames)
 
 
-def run(backend, means, geometry):
+def run(backend, means, geometry, normalize=False):
     if backend == "cpu-parallel":  # the prange path, whatever the chain's size
         with mock.patch.object(vbp, "_PARALLEL_PIXELS", 0):
-            return vbp.upscale_chain(means, geometry, backend="cpu")
+            return vbp.upscale_chain(means, geometry, backend="cpu", normalize=normalize)
+    if backend == "cpu-serial":  # the one-thread path, whatever the chain's size
+        with mock.patch.object(vbp, "_PARALLEL_PIXELS", 1 << 62):
+            return vbp.upscale_chain(means, geometry, backend="cpu", normalize=normalize)
     if backend == "cuda":  # on the GPU when there is one, else in Numba's simulator
         device = "cuda" if torch.cuda.is_available() else "cpu"
         with _backend.use_threads_per_block(8):
-            return vbp.upscale_chain([m.to(device) for m in means], geometry, backend="cuda").cpu()
-    return vbp.upscale_chain(means, geometry, backend=backend)
+            return vbp.upscale_chain([m.to(device) for m in means], geometry, backend="cuda", normalize=normalize).cpu()
+    return vbp.upscale_chain(means, geometry, backend=backend, normalize=normalize)
 
 
 def check(backend, means, geometry):
@@ -169,6 +172,24 @@ def test_chain(backend, name):
     assert (got >= 0).all()
 
 
+# the CPU twin's general paths beside its fast ones: more than three taps per phase (groups of
+# three summed in turn), more than three source rows per input row, strides > 2 (strided
+# interleave), phases with no tap, padding and dilation
+WIDE = {
+    "taps6x7": ([((7, 6), 1, (3, 2), 1), (3, 1, 1, 1)], (17, 19)),
+    "taps6x7-dilated": ([((6, 7), (1, 2), (0, 3), (1, 2)), ((5, 4), 1, 2, 1)], (21, 23)),
+    "stride4": ([((2, 5), (3, 4), (1, 2), 1), (4, 1, 3, 1)], (19, 27)),
+}
+
+
+@pytest.mark.parametrize("name", WIDE)
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"])
+def test_general_paths(backend, name):
+    specs, size = WIDE[name]
+    means, geometry = make_chain(specs, size, batch=2, seed=len(name))
+    check(backend, means, geometry)
+
+
 # tiny chains for the simulator: <= 12x12, B <= 2, 2-3 layers
 TINY = {
     "two-layers": ([(3, 2, 1, 1), (2, 1, 0, 1)], (12, 11)),
@@ -204,6 +225,136 @@ def test_single_frame_and_inputs_unchanged(backend):
 def test_empty_batch(backend):
     means, geometry = make_chain([(3, 2, 0, 1), (2, 1, 0, 1)], (9, 10), batch=0)
     assert run(backend, means, geometry).shape == (0, 9, 10)
+    assert run(backend, means, geometry, normalize=True).shape == (0, 9, 10)
+
+
+# --- normalize=True: (m - min) / max(max - min, float32 tiny) per frame, fastviz.methods.vbp's
+
+
+def torch_normalize(m):
+    """fastviz.methods.vbp's normalisation, verbatim (in place)."""
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    span = m.amax(dim=(1, 2), keepdim=True) - lo
+    return m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny))
+
+
+def special_frames(means, geometry):
+    """``means`` (B >= 4) with frame 1 all zero (a constant 0 result), frame 2 a single nonzero
+    pixel in the deepest map, frame 3 of signed values."""
+    means = [m.clone() for m in means]
+    means[0][1] = 0.0
+    means[-1][2] = 0.0
+    means[-1][2, 0, -1, 0] = 3.0
+    gen = torch.Generator().manual_seed(5)
+    for m in means:
+        m[3] = torch.randn(m[3].shape, generator=gen)
+    return means
+
+
+def normalised_ok(got, want):
+    """Values: within the chain's tolerance of the reference normalised; every frame in [0, 1],
+    min exactly 0, max exactly 1 unless constant (then exactly 0)."""
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-6)
+    for f in range(got.shape[0]):
+        lo, hi = got[f].min().item(), got[f].max().item()
+        assert lo == 0.0 and (hi == 1.0 or (hi == 0.0 and want[f].max().item() == 0.0)), (f, lo, hi)
+
+
+@pytest.mark.parametrize("name", ["vbp-stack", "mixed", "pilotnet"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"])
+def test_normalize_values(backend, name):
+    specs, size = CHAINS[name]
+    means, geometry = make_chain(specs, size, batch=4, seed=len(name) + 1)
+    means = special_frames(means, geometry)
+    got = run(backend, means, geometry, normalize=True)
+    assert got.shape == (4, *geometry[0].in_size) and got.dtype == torch.float32
+    normalised_ok(got, torch_normalize(vbp.upscale_chain_torch(means, geometry)))
+    # the torch backend's own normalize=True is the snippet on its result, bitwise
+    if backend == "torch":
+        assert torch.equal(got, vbp.upscale_chain_torch(means, geometry, normalize=True))
+    assert (got[1] == 0).all()  # a constant map is exactly 0
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_normalize_values_cuda(name):
+    specs, size = TINY[name]
+    means, geometry = make_chain(specs, size, batch=2, seed=len(name) + 1)
+    means[0][1] = 0.0  # frame 1: constant 0
+    got = run("cuda", means, geometry, normalize=True)
+    normalised_ok(got, torch_normalize(vbp.upscale_chain_torch(means, geometry)))
+    assert (got[1] == 0).all()
+
+
+def bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("name", ["vbp-stack", "mixed", "one-pixel", "pilotnet"] + list(WIDE))
+@pytest.mark.parametrize("path", ["cpu-serial", "cpu-parallel"])
+def test_normalize_cpu_is_bitwise_the_torch_snippet(path, name):
+    # the fused normalisation against the snippet applied to the same kernel's unnormalised
+    # output: bit for bit (true division, float32, the same min / max)
+    specs, size = CHAINS[name] if name in CHAINS else WIDE[name]
+    means, geometry = make_chain(specs, size, batch=5, seed=len(name) + 2)
+    means = special_frames(means, geometry)
+    means[0][4] = 7.0  # frame 4: its shallowest map constant (the result is not)
+    got = run(path, means, geometry, normalize=True)
+    want = torch_normalize(run(path, means, geometry))
+    assert torch.equal(bits(got), bits(want))
+    assert (got[1] == 0).all() and not torch.signbit(got).any()
+
+
+@pytest.mark.parametrize("path", ["cpu-serial", "cpu-parallel"])
+def test_normalize_cpu_bitwise_constant_and_single_pixel(path):
+    # 1x1 convs: the result is the product of the maps pixel by pixel, so it can be made a
+    # constant nonzero map, a single nonzero pixel, or a map whose span is below float32 tiny
+    geometry = [ConvGeometry(1, 1, 0, 1, (7, 9)), ConvGeometry(1, 1, 0, 1, (7, 9))]
+    shallow, deep = torch.full((5, 1, 7, 9), 0.75), torch.full((5, 1, 7, 9), 2.0)
+    shallow[1] = 0.0
+    shallow[1, 0, 3, 4] = 0.5  # frame 1: one nonzero pixel
+    deep[2, 0, 0, 0] = 0.0  # frame 2: one zero pixel in a constant map
+    shallow[3] = 1e-39  # frame 3: subnormal products, span < tiny: divided by tiny
+    shallow[3, 0, 6, 8] = 2e-39
+    shallow[4] = -0.25  # frame 4: constant negative
+    means = [shallow, deep]
+    got = run(path, means, geometry, normalize=True)
+    want = torch_normalize(run(path, means, geometry))
+    assert torch.equal(bits(got), bits(want))
+    assert (got[0] == 0).all() and (got[4] == 0).all()
+    assert got[1].sum() == 1.0 and got[1, 3, 4] == 1.0
+    assert got[2, 0, 0] == 0.0 and (got[2].flatten()[1:] == 1.0).all()
+    assert got[3, 6, 8] > 0 and got[3].max() < 1.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "cpu-parallel"])
+def test_normalize_nan_and_inf(backend):
+    # a NaN anywhere in a frame's result makes the whole frame NaN (torch's amin / amax
+    # propagate it); an infinity gives NaN where the snippet does; the other frames are unharmed
+    means, geometry = make_chain(CHAINS["vbp-stack"][0], CHAINS["vbp-stack"][1], batch=3, seed=9)
+    means[0][1, 0, 2, 3] = float("nan")
+    means[1][2, 0, 1, 1] = float("inf")
+    got = run(backend, means, geometry, normalize=True)
+    want = torch_normalize(vbp.upscale_chain_torch(means, geometry))
+    assert torch.isnan(got[1]).all() and torch.isnan(want[1]).all()
+    torch.testing.assert_close(got[2], want[2], rtol=RTOL, atol=1e-6, equal_nan=True)
+    normalised_ok(got[:1], want[:1])
+
+
+def test_normalize_default_is_unnormalised_and_keyword_only():
+    means, geometry = make_chain(CHAINS["vbp-stack"][0], CHAINS["vbp-stack"][1], batch=2, seed=3)
+    for fn in (vbp.upscale_chain_torch, vbp.upscale_chain_cpu, vbp.upscale_chain):
+        plain = fn(means, geometry)
+        assert plain.max() > 1.0
+        assert torch.equal(fn(means, geometry, normalize=False), plain)
+        with pytest.raises(TypeError):
+            fn(means, geometry, "auto", True) if fn is vbp.upscale_chain else fn(means, geometry, True)
+
+
+def test_normalize_auto_fallback_to_torch():
+    # pooling between convs: auto runs the torch path, normalised there
+    means, geometry = pooled_chain()
+    got = vbp.upscale_chain(means, geometry, normalize=True)
+    assert torch.equal(got, torch_normalize(vbp.upscale_chain_torch(means, geometry)))
 
 
 # --- against the method: the torch path is fastviz.methods.vbp's loop
