@@ -47,6 +47,7 @@ from ._backend import device_array, host_array, launch_stream, resolve, threads_
 __all__ = [
     "DEFAULTS",
     "ConvGeometry",
+    "normalize_maps",
     "supported",
     "upscale_chain",
     "upscale_chain_cpu",
@@ -248,10 +249,24 @@ def ones_deconv(m: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
     return up
 
 
-def _normalize_torch(m: torch.Tensor) -> torch.Tensor:
-    """Per-frame min-max normalisation of ``m`` ``(B, H, W)``, in place (fastviz.methods.vbp's):
-    ``(m - min) / max(max - min, tiny)`` with ``tiny`` the dtype's smallest normal number, a
-    true division, so a constant frame is exactly 0."""
+def normalize_maps(m: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each frame of ``m`` in place, in torch on ``m``'s device.
+
+    VisualBackProp's final step (Bojarski et al., arXiv 1611.05418): ``(m - min) / max(max -
+    min, tiny)`` per frame, with ``tiny`` the dtype's smallest normal number and a true division,
+    so a constant frame is exactly 0 and a frame holding a NaN all NaN. The CPU twin's fused
+    normalisation (``normalize=True``) is bitwise this.
+
+    Parameters
+    ----------
+    m : Tensor (B, H, W)
+        Floating point; overwritten.
+
+    Returns
+    -------
+    Tensor (B, H, W)
+        ``m`` itself, in [0, 1] where its frame is finite.
+    """
     lo = m.amin(dim=(1, 2), keepdim=True)
     span = m.amax(dim=(1, 2), keepdim=True) - lo
     return m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny))
@@ -267,7 +282,7 @@ def _run_torch(means: list[torch.Tensor], geometry: list[ConvGeometry], normaliz
                 m = F.interpolate(m, size=shallower.shape[-2:], mode="bilinear", align_corners=False)
             m = m * shallower
         m = ones_deconv(m, geometry[0])[:, 0]
-        return _normalize_torch(m) if normalize else m
+        return normalize_maps(m) if normalize else m
 
 
 def upscale_chain_torch(
@@ -707,7 +722,7 @@ def _run_cuda(means: list[torch.Tensor], geometry: list[ConvGeometry], normalize
         )
     if normalize:  # torch ops on the same (current) stream, after the launch
         with torch.no_grad():
-            _normalize_torch(out)
+            normalize_maps(out)
     return out
 
 

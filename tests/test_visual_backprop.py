@@ -289,3 +289,20 @@ def test_a_model_that_rejects_channels_last_runs_in_the_given_layout():
     layers = [(net.c1, net.r1), (net.c2, net.r2)]
     for i in range(5):
         np.testing.assert_allclose(got[i].numpy(), visual_backprop_sequential(layers, x[i:i + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_layer_before_the_first_conv_that_changes_the_size_is_resized_then_normalised():
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3, stride=2), nn.ReLU()).eval()
+    x = torch.rand(2, 3, 20, 24)
+    got = fv.visual_backprop(net, x)
+    assert got.shape == (2, 20, 24)
+    layers = [(net[1], net[2]), (net[3], net[4])]
+    for i in range(2):
+        # the map at the pooled size, resized bilinearly to the input's and normalised again
+        # (min-max is affine-invariant, so normalising before the resize does not matter)
+        small = torch.from_numpy(visual_backprop_sequential(layers, net[0](x[i:i + 1]))).float()
+        up = torch.nn.functional.interpolate(small[None, None], size=(20, 24), mode="bilinear", align_corners=False)[0, 0]
+        want = (up - up.min()) / (up.max() - up.min())
+        np.testing.assert_allclose(got[i].numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+        assert got[i].min() == 0 and got[i].max() == 1

@@ -319,20 +319,16 @@ class _Blocks:
 def _upscale(means: list[torch.Tensor], geometry: list, size: tuple[int, int], backend: str) -> torch.Tensor:
     """The chain of upscaled, multiplied mean maps, at the input's ``size``, min-max normalised
     per frame: ``(b, H, W)`` float32 in [0, 1]."""
+    # the chain normalises (the CPU twin fused per frame) unless a resize to the input's size
+    # follows it (a layer before the first conv changed the size)
+    resize = tuple(geometry[0].in_size) != tuple(size)
     with torch.no_grad():
         try:
             with parallel_kernels():
-                # normalised in the kernel where no resize follows (the CPU twin fuses it per frame)
-                fused = tuple(geometry[0].in_size) == tuple(size)
-                m = kernels.vbp.upscale_chain(means, geometry, backend=backend, normalize=fused)  # (b, H_in, W_in)
+                m = kernels.vbp.upscale_chain(means, geometry, backend=backend, normalize=not resize)  # (b, H_in, W_in)
         except ValueError as exc:  # e.g. backend="cpu" on a chain with pooling between convs
             raise InputError(f"VisualBackProp upscaling: {exc}") from None
-        if fused:
-            return m.float()
-        m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-        lo = m.amin(dim=(1, 2), keepdim=True)
-        span = m.amax(dim=(1, 2), keepdim=True) - lo
-        # in place (m is the chain's own output): (m - lo) / span; a constant map is exactly 0
-        # after the subtraction, so dividing by the clamped span keeps it 0
-        m = m.sub_(lo).div_(span.clamp_min(torch.finfo(m.dtype).tiny))
+        if resize:
+            m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+            m = kernels.vbp.normalize_maps(m)  # in place: m is the resize's own output
     return m.float()
